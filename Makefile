@@ -1,0 +1,40 @@
+# Everything a fresh machine needs is installed by these targets.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+NODE_DIR := tests/node
+export PIEWIRE_TEST_TIME_SCALE ?= 1
+
+.PHONY: install run test lint unit bench clean
+
+install: $(VENV)/.installed $(NODE_DIR)/node_modules/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+$(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+run: $(VENV)/.installed
+	$(BIN)/piewire serve
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check piewire tests bench
+	$(BIN)/ruff format --check piewire tests bench
+	$(BIN)/mypy --strict piewire
+
+test: install lint
+	$(BIN)/pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+unit: $(VENV)/.installed
+	$(BIN)/pytest -p no:cacheprovider tests/unit $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) $(NODE_DIR)/node_modules piewire-data

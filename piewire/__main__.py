@@ -1,0 +1,3 @@
+from piewire.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Brokers carry published messages to every node with members in the channel."""

@@ -1,0 +1,1 @@
+"""The protocol core: pure logic, no sockets, no event loop."""

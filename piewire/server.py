@@ -1,0 +1,154 @@
+"""Assembling and running one piewire node, with an ordered shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import ssl
+import sys
+
+from aiohttp import web
+
+from piewire.broker.base import Broker
+from piewire.broker.memory import MemoryBroker
+from piewire.service import Service
+from piewire.settings import Settings
+from piewire.store.keys import ApiKey, KeyStore
+from piewire.store.sqlite import SqliteKeyStore
+from piewire.transport.http import SERVICE, add_routes, json_errors
+from piewire.transport.websocket import websocket_handler
+
+log = logging.getLogger("piewire.server")
+
+
+def open_key_store(settings: Settings) -> KeyStore:
+    return SqliteKeyStore(settings.data_dir)
+
+
+def make_broker(settings: Settings) -> Broker:
+    return MemoryBroker()
+
+
+def build_app(service: Service) -> web.Application:
+    app = web.Application(middlewares=[json_errors])
+    app[SERVICE] = service
+    add_routes(app)
+    app.router.add_get("/v3/{tail:.*}", websocket_handler)
+    return app
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
+
+
+def public_host(settings: Settings) -> str:
+    return "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
+
+
+def first_key_banner(settings: Settings, key: ApiKey) -> str:
+    """What a new user needs to connect and publish, printed once."""
+    scheme = "wss" if settings.tls else "ws"
+    http = "https" if settings.tls else "http"
+    base = f"{public_host(settings)}:{settings.port}"
+    insecure = "-k " if settings.tls else ""
+    body = (
+        f'{{"key":"{key.api_key}","secret":"{key.api_secret}",'
+        f'"channelId":"1","message":"hello from curl"}}'
+    )
+    return "\n".join(
+        [
+            "piewire created a first API key:",
+            f"  cluster id: {settings.cluster_id}",
+            f"  api key:    {key.api_key}",
+            f"  api secret: {key.api_secret}",
+            "connect (paste into a browser console, twice):",
+            f"  ws = new WebSocket('{scheme}://{base}/v3/1?api_key={key.api_key}"
+            "&notify_self=1'); ws.onmessage = e => console.log(e.data);",
+            "  ws.send('hello')",
+            "publish:",
+            f"  curl {insecure}-X POST {http}://{base}/api/publish "
+            f"-H 'Content-Type: application/json' -d '{body}'",
+        ]
+    )
+
+
+def ensure_first_key(settings: Settings, store: KeyStore) -> None:
+    if store.all():
+        return
+    key = ApiKey.generate(name="default")
+    store.create(key)
+    print(first_key_banner(settings, key), flush=True)
+
+
+async def serve(settings: Settings, sock: object | None = None) -> None:
+    """Run a node until SIGTERM or SIGINT, then shut down in order."""
+    loop = asyncio.get_running_loop()
+    store = open_key_store(settings)
+    ensure_first_key(settings, store)
+    service = Service(settings, store, make_broker(settings), loop)
+    await service.start()
+    app = build_app(service)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(
+        runner,
+        settings.host,
+        settings.port,
+        ssl_context=ssl_context(settings),
+        reuse_port=settings.workers > 1,
+        backlog=4096,
+    )
+    await site.start()
+    log.info(
+        "listening address=%s://%s:%d cluster=%s data_dir=%s pid=%d",
+        "https" if settings.tls else "http",
+        settings.host,
+        settings.port,
+        settings.cluster_id,
+        settings.data_dir,
+        os.getpid(),
+    )
+    stop = asyncio.Event()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            log.warning("second signal: exiting now")
+            os._exit(1)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal)
+    await stop.wait()
+
+    log.info("shutdown phase=stop-accepting")
+    await site.stop()
+    log.info("shutdown phase=close-connections")
+    await service.shutdown()
+    log.info("shutdown phase=cleanup")
+    await runner.cleanup()
+    await service.stop()
+    store.close()
+    log.info("shutdown complete")
+
+
+def run(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(settings))
+    else:
+        uvloop.run(serve(settings))

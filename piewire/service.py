@@ -1,0 +1,237 @@
+"""The node: glue between the protocol core, the key store, the broker and
+the I/O layers.  The WebSocket and HTTP handlers call it; it calls the core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from piewire.broker.base import Broker
+from piewire.closecodes import CloseCode
+from piewire.core.channels import channel_key
+from piewire.core.connect import ConnectParams
+from piewire.core.hub import Hub
+from piewire.core.messages import (
+    event_text,
+    reserved_event_of,
+    system_error_text,
+)
+from piewire.core.publish import PublishRequest
+from piewire.errors import ApiError, BrokerUnavailable, ConnectRefused
+from piewire.settings import Settings
+from piewire.store.keys import ApiKey, KeyStore
+from piewire.transport.frames import OP_TEXT, encode_frame
+from piewire.transport.outbox import Flusher
+
+if TYPE_CHECKING:
+    from piewire.transport.websocket import Connection
+
+log = logging.getLogger("piewire.server")
+
+BAD_CREDENTIALS = "invalid key or secret"
+
+
+class KeyCache:
+    """An in-memory copy of the key store, reloaded when its revision moves."""
+
+    def __init__(self, store: KeyStore) -> None:
+        self.store = store
+        self.keys: dict[str, ApiKey] = {}
+        self._revision = -1
+
+    def refresh(self) -> list[ApiKey]:
+        """Reload if anything changed; return keys that stopped being usable."""
+        revision = self.store.revision()
+        if revision == self._revision:
+            return []
+        fresh = {key.api_key: key for key in self.store.all()}
+        gone = [
+            old
+            for name, old in self.keys.items()
+            if not old.revoked and (name not in fresh or fresh[name].revoked)
+        ]
+        self.keys = fresh
+        self._revision = revision
+        return gone
+
+    def get(self, api_key: str) -> ApiKey | None:
+        return self.keys.get(api_key)
+
+    def check_secret(self, api_key: str, secret: str) -> ApiKey:
+        """The live key whose secret matches; the same error for every miss."""
+        key = self.keys.get(api_key)
+        if key is None or key.revoked:
+            # Compare anyway, so an unknown key costs what a wrong secret does.
+            ApiKey(api_key="", api_secret=" " * 40).secret_matches(secret)
+            raise ApiError(401, BAD_CREDENTIALS)
+        if not key.secret_matches(secret):
+            raise ApiError(401, BAD_CREDENTIALS)
+        return key
+
+
+class Service:
+    """Everything one piewire node knows and does."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: KeyStore,
+        broker: Broker,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.settings = settings
+        self.loop = loop
+        self.keys = KeyCache(store)
+        self.broker = broker
+        self.hub = Hub(on_first=broker.subscribe, on_last=broker.unsubscribe)
+        self.flusher = Flusher(loop)
+        self.connections: dict[str, Connection] = {}
+        self.per_key: dict[str, int] = {}
+        self.shutting_down = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def start(self) -> None:
+        self.keys.refresh()
+        await self.broker.start(self.deliver)
+        self._tasks.append(asyncio.create_task(self._refresh_keys()))
+        self._tasks.append(asyncio.create_task(self._keepalive()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.broker.close()
+
+    async def _refresh_keys(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.key_refresh)
+            try:
+                gone = self.keys.refresh()
+            except Exception:
+                log.exception("key store refresh failed")
+                continue
+            for key in gone:
+                self._close_key(key.api_key, "api key revoked")
+
+    def _close_key(self, api_key: str, reason: str) -> None:
+        closed = 0
+        for conn in list(self.connections.values()):
+            if conn.api_key == api_key:
+                conn.close(CloseCode.INVALID_API_KEY, error=reason)
+                closed += 1
+        log.info("key revoked key=%s closed=%d", api_key[:8], closed)
+
+    async def _keepalive(self) -> None:
+        """Ping silent connections; drop those silent past the timeout."""
+        interval = self.settings.ping_interval
+        timeout = self.settings.ping_timeout
+        step = min(1.0, interval / 4, timeout / 4)
+        while True:
+            await asyncio.sleep(step)
+            now = self.loop.time()
+            for conn in list(self.connections.values()):
+                silent = now - conn.last_seen
+                if silent >= interval + timeout:
+                    log.info("connection timed out conn=%s", conn.conn_id)
+                    conn.abort()
+                elif silent >= interval and not conn.ping_sent:
+                    conn.ping()
+
+    async def shutdown(self) -> None:
+        """Close every client with 1001 and wait, within the grace period."""
+        self.shutting_down = True
+        conns = list(self.connections.values())
+        log.info("shutdown closing connections=%d", len(conns))
+        for conn in conns:
+            conn.close(CloseCode.GOING_AWAY, "server shutting down")
+        deadline = self.loop.time() + self.settings.shutdown_grace
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections.values()):
+            conn.abort()
+
+    # -- connections -----------------------------------------------------
+
+    def admit(self, params: ConnectParams, headers: Mapping[str, str]) -> ApiKey:
+        """The key a connect request may use, or ``ConnectRefused``."""
+        key = self.keys.get(params.api_key)
+        if key is None:
+            raise ConnectRefused(CloseCode.INVALID_API_KEY, "invalid api key")
+        if key.revoked:
+            raise ConnectRefused(CloseCode.INVALID_API_KEY, "api key revoked")
+        return key
+
+    async def attach(
+        self, conn: Connection, params: ConnectParams, key: ApiKey
+    ) -> None:
+        conn.api_key = key.api_key
+        conn.channel_key = channel_key(key.api_key, params.channel_id)
+        self.connections[conn.conn_id] = conn
+        self.per_key[key.api_key] = self.per_key.get(key.api_key, 0) + 1
+        if params.boot_event:
+            conn.send_text(event_text("system:boot", {}))
+        self.hub.join(conn.channel_key, key.api_key, params.channel_id, conn)
+        log.info(
+            "connection opened conn=%s channel=%s key=%s",
+            conn.conn_id,
+            params.channel_id,
+            key.api_key[:8],
+        )
+
+    def detach(self, conn: Connection) -> None:
+        if self.connections.pop(conn.conn_id, None) is None:
+            return
+        self.hub.leave(conn.channel_key, conn)
+        remaining = self.per_key.get(conn.api_key, 1) - 1
+        if remaining:
+            self.per_key[conn.api_key] = remaining
+        else:
+            self.per_key.pop(conn.api_key, None)
+        log.info(
+            "connection closed conn=%s code=%s",
+            conn.conn_id,
+            conn.ws.close_code,
+        )
+
+    async def client_message(self, conn: Connection, opcode: int, data: bytes) -> None:
+        """A member sent ``data``: relay it, or tell the sender why not."""
+        key = self.keys.get(conn.api_key)
+        if key is None or not key.client_publish:
+            conn.send_text(system_error_text("client publishing is off for this key"))
+            return
+        if opcode == OP_TEXT:
+            reserved = reserved_event_of(data)
+            if reserved is not None:
+                conn.send_text(
+                    system_error_text(f"clients may not send {reserved} events")
+                )
+                return
+        try:
+            await self.broker.publish(conn.channel_key, opcode, data, conn.conn_id)
+        except BrokerUnavailable as exc:
+            conn.send_text(system_error_text(f"message not sent: {exc}"))
+
+    # -- fan-out ---------------------------------------------------------
+
+    def deliver(self, key: str, opcode: int, payload: bytes, sender: str) -> None:
+        """A message for ``key`` reached this node: one frame, every member."""
+        if self.hub.get(key) is not None:
+            self.hub.deliver(key, encode_frame(opcode, payload), sender)
+
+    async def rest_publish(self, request: PublishRequest) -> None:
+        key = self.keys.check_secret(request.api_key, request.secret)
+        target = channel_key(key.api_key, request.channel_id)
+        try:
+            await self.broker.publish(target, OP_TEXT, request.payload, "")
+        except BrokerUnavailable as exc:
+            raise ApiError(503, f"message bus unavailable: {exc}") from exc
+
+    def channel_counts(self, api_key: str, secret: str) -> dict[str, int]:
+        key = self.keys.check_secret(api_key, secret)
+        return self.hub.channels_of(key.api_key)

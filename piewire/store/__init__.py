@@ -1,0 +1,1 @@
+"""Key stores: where API keys and their policies live (SQLite or Redis)."""

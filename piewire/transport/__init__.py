@@ -1,0 +1,1 @@
+"""The I/O layers: they move bytes and call the protocol core."""

@@ -1,0 +1,121 @@
+"""The REST API: it reads requests, calls the service, and answers in JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from piewire.core.publish import content_type_allowed, parse_publish
+from piewire.errors import ApiError
+
+if TYPE_CHECKING:
+    from piewire.service import Service
+
+log = logging.getLogger("piewire.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+SERVICE: web.AppKey[Service] = web.AppKey("service")
+
+
+def _service(request: web.Request) -> Service:
+    return request.app[SERVICE]
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error is JSON with a 4xx or 5xx status, never an HTML page."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        response = error_response(exc.status, exc.message)
+        if exc.status in (408, 413):
+            # The body was not read to its end: the connection cannot be reused.
+            response.force_close()
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason)
+    except (asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception:
+        log.exception("request failed path=%s", request.path)
+        return error_response(500, "internal server error")
+
+
+async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
+    """The whole body, up to ``limit`` bytes, within ``timeout`` seconds."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise ApiError(413, f"body of {declared} bytes is over the {limit} limit")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"body is over the {limit} byte limit")
+                chunks.append(chunk)
+    except TimeoutError as exc:
+        raise ApiError(408, f"body not received within {timeout:g} s") from exc
+    return b"".join(chunks)
+
+
+async def publish(request: web.Request) -> web.StreamResponse:
+    service = _service(request)
+    settings = service.settings
+    if not content_type_allowed(request.headers.get("Content-Type", "")):
+        raise ApiError(415, "send the body as JSON (application/json)")
+    body = await read_body(request, settings.rest_body_limit, settings.body_timeout)
+    parsed = parse_publish(body, settings.max_message_size)
+    await service.rest_publish(parsed)
+    return web.json_response({"success": True})
+
+
+def _credentials(request: web.Request) -> tuple[str, str]:
+    return request.headers.get("key", ""), request.headers.get("secret", "")
+
+
+async def connections(request: web.Request) -> web.StreamResponse:
+    counts = _service(request).channel_counts(*_credentials(request))
+    channels = [
+        {"channel": channel_id, "connections": count}
+        for channel_id, count in sorted(counts.items())
+    ]
+    return web.json_response({"channels": channels})
+
+
+async def connections_sum(request: web.Request) -> web.StreamResponse:
+    counts = _service(request).channel_counts(*_credentials(request))
+    return web.json_response({"connections": sum(counts.values())})
+
+
+async def health(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.StreamResponse:
+    service = _service(request)
+    body: dict[str, Any] = {"ready": service.broker.ready}
+    if service.shutting_down:
+        body["ready"] = False
+    return web.json_response(body, status=200 if body["ready"] else 503)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/publish", publish)
+    app.router.add_get("/api/connections", connections)
+    app.router.add_get("/api/connections/sum", connections_sum)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)

@@ -1,0 +1,263 @@
+"""The WebSocket layer: aiohttp does the handshake and parses client frames;
+everything the server sends goes out through the connection's outbox.
+
+This module moves bytes and calls the service.  What a connection may do, and
+where its messages go, is decided in the core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSMsgType, web
+
+from piewire.closecodes import CloseCode, peer_close_code_is_valid
+from piewire.core.connect import ConnectParams, parse_connect
+from piewire.core.messages import error_text
+from piewire.errors import ConnectRefused
+from piewire.transport.frames import (
+    OP_BINARY,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    close_frame,
+    encode_frame,
+    text_frame,
+)
+from piewire.transport.http import SERVICE
+from piewire.transport.outbox import Outbox
+
+if TYPE_CHECKING:
+    from piewire.service import Service
+
+log = logging.getLogger("piewire.server")
+
+NODE_ID = secrets.token_hex(4)
+_serial = itertools.count(1)
+
+# How long a closing connection waits for the peer's close frame.
+CLOSE_TIMEOUT = 2.0
+
+
+class Connection:
+    """One client WebSocket: its identity, its outbox, its liveness."""
+
+    __slots__ = (
+        "_closer",
+        "api_key",
+        "channel_key",
+        "closing",
+        "conn_id",
+        "expires_at",
+        "last_seen",
+        "notify_self",
+        "outbox",
+        "params",
+        "ping_sent",
+        "service",
+        "transport",
+        "user",
+        "uuid",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        service: Service,
+        ws: web.WebSocketResponse,
+        transport: asyncio.WriteTransport,
+        params: ConnectParams | None,
+    ) -> None:
+        self.conn_id = f"{NODE_ID}-{next(_serial)}"
+        self.service = service
+        self.ws = ws
+        self.transport = transport
+        self.params = params
+        self.notify_self = params.notify_self if params else False
+        self.uuid = params.uuid if params else ""
+        self.user: Any = "anonymous"
+        self.api_key = ""
+        self.channel_key = ""
+        self.expires_at: float | None = None
+        self.outbox = Outbox(
+            transport,
+            service.flusher,
+            service.settings.outbound_buffer,
+            self._slow_consumer,
+        )
+        self.closing = False
+        self.last_seen = service.loop.time()
+        self.ping_sent = False
+        self._closer: asyncio.TimerHandle | None = None
+
+    def send(self, frame: bytes) -> None:
+        self.outbox.push(frame)
+
+    def send_text(self, text: str) -> None:
+        self.outbox.push(text_frame(text))
+
+    def close(
+        self, code: int | None, reason: str = "", error: str | None = None
+    ) -> None:
+        """Start the closing handshake: an optional error frame, then a close frame.
+
+        The peer's close frame, or ``CLOSE_TIMEOUT``, ends the connection.
+        """
+        if self.closing:
+            return
+        self.closing = True
+        if error is not None:
+            self.outbox.push(text_frame(error_text(error)))
+        self.outbox.push(close_frame(code, reason))
+        self.outbox.flush()
+        self.outbox.seal()
+        self._closer = self.service.loop.call_later(CLOSE_TIMEOUT, self.transport.abort)
+        log.info(
+            "connection closing conn=%s channel=%s code=%s",
+            self.conn_id,
+            self.params.channel_id if self.params else "-",
+            code,
+        )
+
+    def refuse(self, refusal: ConnectRefused) -> None:
+        self.close(refusal.code, error=refusal.reason)
+
+    def ping(self) -> None:
+        self.ping_sent = True
+        self.outbox.push(encode_frame(OP_PING, b""))
+
+    def abort(self) -> None:
+        """Drop the TCP connection at once (dead peer)."""
+        self.outbox.seal()
+        self.transport.abort()
+
+    def _slow_consumer(self) -> None:
+        # The outbox is sealed: the close frame goes straight to the transport,
+        # behind what is already buffered, and the socket is dropped if the
+        # peer does not drain it in time.
+        if self.closing:
+            return
+        self.closing = True
+        self.transport.write(close_frame(CloseCode.SLOW_CONSUMER, "slow consumer"))
+        self._closer = self.service.loop.call_later(CLOSE_TIMEOUT, self.transport.abort)
+        log.warning(
+            "slow consumer closed conn=%s channel=%s",
+            self.conn_id,
+            self.params.channel_id if self.params else "-",
+        )
+
+    async def run(self) -> None:
+        """Read client frames until the connection ends."""
+        ws = self.ws
+        service = self.service
+        loop = service.loop
+        while True:
+            msg = await ws.receive()
+            self.last_seen = loop.time()
+            self.ping_sent = False
+            kind = msg.type
+            if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+                if self.closing:
+                    continue
+                await self._message(kind is WSMsgType.TEXT, msg.data)
+            elif kind is WSMsgType.PING:
+                self.outbox.push(encode_frame(OP_PONG, msg.data))
+            elif kind is WSMsgType.CLOSE:
+                self._peer_closed(msg.data, msg.extra)
+                return
+            elif kind is WSMsgType.PONG:
+                continue
+            else:
+                # CLOSING, CLOSED or ERROR: aiohttp has answered a protocol
+                # violation with its close code, or the socket is gone.
+                self.closing = True
+                self.outbox.seal()
+                return
+
+    async def _message(self, is_text: bool, data: bytes) -> None:
+        if is_text:
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                self.close(CloseCode.INVALID_DATA, "invalid UTF-8 text")
+                return
+        await self.service.client_message(self, OP_TEXT if is_text else OP_BINARY, data)
+
+    def _peer_closed(self, code: int, reason: str | None) -> None:
+        if self.closing:
+            self.transport.close()
+            return
+        if code == 0:
+            self.close(None)
+        elif not peer_close_code_is_valid(code):
+            self.close(CloseCode.PROTOCOL_ERROR, "invalid close code")
+        else:
+            self.close(code, reason or "")
+        self.transport.close()
+
+    def finished(self) -> None:
+        """The handler is done: stop timers, and keep aiohttp from closing again."""
+        if self._closer is not None:
+            self._closer.cancel()
+        self.closing = True
+        self.outbox.seal()
+        # Every close frame of this connection went out through the outbox;
+        # this keeps aiohttp's end-of-response step from sending another.
+        self.ws._set_closed()
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    service = request.app[SERVICE]
+    settings = service.settings
+    ws = web.WebSocketResponse(
+        autoclose=False,
+        autoping=False,
+        compress=False,
+        # aiohttp refuses a message of exactly max_msg_size bytes.
+        max_msg_size=settings.max_message_size + 1,
+        decode_text=False,
+        timeout=CLOSE_TIMEOUT,
+    )
+    if not ws.can_prepare(request).ok:
+        return web.json_response(
+            {"error": "expected a WebSocket upgrade request"}, status=426
+        )
+    params: ConnectParams | None = None
+    refusal: ConnectRefused | None = None
+    try:
+        params = parse_connect(request.raw_path)
+        api_key = service.admit(params, request.headers)
+    except ConnectRefused as exc:
+        refusal = exc
+    if service.shutting_down:
+        return web.json_response({"error": "server is shutting down"}, status=503)
+    await ws.prepare(request)
+    transport = request.transport
+    assert transport is not None
+    conn = Connection(service, ws, transport, params)
+    try:
+        if refusal is not None:
+            log.info(
+                "connection refused conn=%s code=%d reason=%s",
+                conn.conn_id,
+                refusal.code,
+                refusal.reason,
+            )
+            conn.refuse(refusal)
+            await conn.run()
+            return ws
+        assert params is not None
+        await service.attach(conn, params, api_key)
+        try:
+            await conn.run()
+        finally:
+            service.detach(conn)
+    finally:
+        conn.finished()
+    return ws
