@@ -6,19 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from piewire.broker.base import Broker
 from piewire.closecodes import CloseCode
+from piewire.core.admission import Admission, admit
 from piewire.core.channels import channel_key
 from piewire.core.connect import ConnectParams
-from piewire.core.hub import Hub
+from piewire.core.hub import Channel, Hub
 from piewire.core.messages import (
     event_text,
     reserved_event_of,
     system_error_text,
 )
+from piewire.core.presence import Out, PresenceFeed, PresenceMember
 from piewire.core.publish import PublishRequest
 from piewire.errors import ApiError, BrokerUnavailable, ConnectRefused
 from piewire.settings import Settings
@@ -92,6 +95,7 @@ class Service:
         self.per_key: dict[str, int] = {}
         self.shutting_down = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._flushes: dict[str, asyncio.TimerHandle] = {}
 
     # -- lifecycle -------------------------------------------------------
 
@@ -158,36 +162,123 @@ class Service:
 
     # -- connections -----------------------------------------------------
 
-    def admit(self, params: ConnectParams, headers: Mapping[str, str]) -> ApiKey:
-        """The key a connect request may use, or ``ConnectRefused``."""
-        key = self.keys.get(params.api_key)
-        if key is None:
-            raise ConnectRefused(CloseCode.INVALID_API_KEY, "invalid api key")
-        if key.revoked:
-            raise ConnectRefused(CloseCode.INVALID_API_KEY, "api key revoked")
-        return key
+    def admit(self, params: ConnectParams, headers: Mapping[str, str]) -> Admission:
+        """What a connect request is admitted as, or ``ConnectRefused``."""
+        return admit(
+            params,
+            self.keys.get(params.api_key),
+            headers.get("Origin"),
+            headers.get("jwt"),
+            self.per_key.get(params.api_key, 0),
+        )
 
     async def attach(
-        self, conn: Connection, params: ConnectParams, key: ApiKey
+        self, conn: Connection, params: ConnectParams, admission: Admission
     ) -> None:
+        """Join an admitted connection to its channel (and its roster)."""
+        key = admission.key
         conn.api_key = key.api_key
         conn.channel_key = channel_key(key.api_key, params.channel_id)
+        conn.user = admission.user
+        channel = self.hub.get(conn.channel_key)
+        replaced = None
+        if admission.presence and channel is not None and channel.feed is not None:
+            replaced = self._uuid_holder(channel, conn)
         self.connections[conn.conn_id] = conn
         self.per_key[key.api_key] = self.per_key.get(key.api_key, 0) + 1
         if params.boot_event:
             conn.send_text(event_text("system:boot", {}))
-        self.hub.join(conn.channel_key, key.api_key, params.channel_id, conn)
+        channel = self.hub.join(conn.channel_key, key.api_key, params.channel_id, conn)
+        if admission.expires_at is not None:
+            conn.expire_at(admission.expires_at - time.time())
+        if admission.presence:
+            self._presence_join(channel, conn, replaced)
         log.info(
-            "connection opened conn=%s channel=%s key=%s",
+            "connection opened conn=%s channel=%s key=%s presence=%s",
             conn.conn_id,
             params.channel_id,
             key.api_key[:8],
+            admission.presence,
         )
+
+    def _uuid_holder(self, channel: Channel, conn: Connection) -> Connection | None:
+        """The local connection whose uuid ``conn`` takes over, if any.
+
+        The same identity takes the uuid over (a reconnect, a second tab with a
+        stored uuid); a different one is refused, so nobody evicts another.
+        """
+        assert channel.feed is not None
+        holder = channel.feed.members.get(conn.uuid)
+        if holder is None:
+            return None
+        if holder.user != conn.user:
+            raise ConnectRefused(CloseCode.UUID_IN_USE, "uuid already in use")
+        return self.connections.get(holder.conn_id)
+
+    def _presence_join(
+        self, channel: Channel, conn: Connection, replaced: Connection | None
+    ) -> None:
+        if channel.feed is None:
+            channel.feed = PresenceFeed(
+                self.settings.presence_window, self.settings.presence_rate
+            )
+        channel.listeners[conn.conn_id] = conn
+        member = PresenceMember.make(conn.uuid, conn.user, conn.conn_id)
+        now = self.loop.time()
+        if replaced is not None:
+            replaced.close(
+                CloseCode.REPLACED,
+                error="replaced by a newer connection with the same uuid",
+            )
+        outs = channel.feed.join(member, len(channel.listeners), now)
+        self._announce(channel, outs)
+
+    def _announce(self, channel: Channel, outs: list[Out]) -> None:
+        feed = channel.feed
+        assert feed is not None
+        for out in outs:
+            frame = encode_frame(OP_TEXT, out.text.encode())
+            if out.to_uuid is None:
+                channel.send_to_listeners(frame)
+                continue
+            holder = feed.members.get(out.to_uuid)
+            member = channel.members.get(holder.conn_id) if holder else None
+            if member is not None:
+                member.send(frame)
+        if feed.deadline is not None and channel.key not in self._flushes:
+            self._flushes[channel.key] = self.loop.call_at(
+                feed.deadline, self._flush_presence, channel.key
+            )
+
+    def _flush_presence(self, key: str) -> None:
+        self._flushes.pop(key, None)
+        channel = self.hub.get(key)
+        if channel is not None and channel.feed is not None:
+            self._announce(channel, channel.feed.flush(self.loop.time()))
+
+    def roster(self, api_key: str, secret: str, channel_id: str) -> list[Any]:
+        key = self.keys.check_secret(api_key, secret)
+        channel = self.hub.get(channel_key(key.api_key, channel_id))
+        if channel is None or channel.feed is None:
+            return []
+        return [{"user": m.user, "uuid": m.uuid} for m in channel.feed.members.values()]
 
     def detach(self, conn: Connection) -> None:
         if self.connections.pop(conn.conn_id, None) is None:
             return
+        channel = self.hub.get(conn.channel_key)
+        listening = channel is not None and conn.conn_id in channel.listeners
         self.hub.leave(conn.channel_key, conn)
+        if channel is not None and listening and channel.feed is not None:
+            outs = channel.feed.leave(
+                conn.uuid, conn.conn_id, len(channel.listeners), self.loop.time()
+            )
+            if channel.listeners:
+                self._announce(channel, outs)
+            elif not channel.members:
+                timer = self._flushes.pop(channel.key, None)
+                if timer is not None:
+                    timer.cancel()
         remaining = self.per_key.get(conn.api_key, 1) - 1
         if remaining:
             self.per_key[conn.api_key] = remaining

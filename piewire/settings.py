@@ -69,6 +69,13 @@ class Settings:
             "one member_list"
         },
     )
+    presence_rate: int = field(
+        default=64 * 1024 * 1024,
+        metadata={
+            "help": "bytes per second of roster events one channel may send "
+            "before changes are batched into member_list events"
+        },
+    )
     redis_url: str | None = field(
         default=None,
         metadata={"help": "redis://HOST:PORT/DB: join a cluster sharing this Redis"},

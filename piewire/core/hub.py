@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
+from piewire.core.presence import PresenceFeed
+
 
 class Member(Protocol):
     """A local connection as the hub sees it."""
@@ -25,15 +27,25 @@ class Member(Protocol):
 
 
 class Channel:
-    """The local members of one channel of one API key."""
+    """The local members of one channel of one API key.
 
-    __slots__ = ("api_key", "channel_id", "key", "members")
+    ``listeners`` are the members that take part in presence; ``feed`` holds
+    the channel's roster once any of them joined.
+    """
+
+    __slots__ = ("api_key", "channel_id", "feed", "key", "listeners", "members")
 
     def __init__(self, key: str, api_key: str, channel_id: str) -> None:
         self.key = key
         self.api_key = api_key
         self.channel_id = channel_id
         self.members: dict[str, Member] = {}
+        self.listeners: dict[str, Member] = {}
+        self.feed: PresenceFeed | None = None
+
+    def send_to_listeners(self, frame: bytes) -> None:
+        for member in self.listeners.values():
+            member.send(frame)
 
 
 class Hub:
@@ -68,6 +80,7 @@ class Hub:
         channel = self._channels.get(key)
         if channel is None or channel.members.pop(member.conn_id, None) is None:
             return
+        channel.listeners.pop(member.conn_id, None)
         if not channel.members:
             del self._channels[key]
             of_key = self._by_api_key[channel.api_key]

@@ -12,7 +12,8 @@ from piewire.closecodes import CloseCode
 from piewire.core.messages import AUTH_FAILED_TEXT
 from piewire.errors import ConnectRefused
 
-# Clock skew tolerated on exp, nbf and iat.
+# Clock skew tolerated on nbf and iat.  ``exp`` is exact, at connect time and
+# while connected, so a token is never accepted and then dropped at once.
 LEEWAY_SECONDS = 5
 
 
@@ -43,11 +44,20 @@ def verify_token(token: str | None, secret: str, channel_id: str) -> Grant:
             secret,
             algorithms=["HS256"],
             leeway=LEEWAY_SECONDS,
-            options={"require": ["exp", "sub"], "verify_sub": False},
+            options={
+                "require": ["exp", "sub"],
+                "verify_sub": False,
+                "verify_exp": False,
+            },
         )
     except jwt.PyJWTError as exc:
         raise ConnectRefused(CloseCode.AUTH_FAILED, AUTH_FAILED_TEXT) from exc
     exp = claims["exp"]
-    if claims["sub"] != channel_id or isinstance(exp, bool) or exp <= 0:
+    if (
+        claims["sub"] != channel_id
+        or isinstance(exp, bool)
+        or not isinstance(exp, int | float)
+        or exp <= time.time()
+    ):
         raise ConnectRefused(CloseCode.AUTH_FAILED, AUTH_FAILED_TEXT)
     return Grant(float(exp), claims.get("user"), "user" in claims)

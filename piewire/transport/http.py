@@ -101,6 +101,13 @@ async def connections_sum(request: web.Request) -> web.StreamResponse:
     return web.json_response({"connections": sum(counts.values())})
 
 
+async def channel_members(request: web.Request) -> web.StreamResponse:
+    members = _service(request).roster(
+        *_credentials(request), request.match_info["channel_id"]
+    )
+    return web.json_response({"members": members})
+
+
 async def health(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "ok"})
 
@@ -117,5 +124,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/publish", publish)
     app.router.add_get("/api/connections", connections)
     app.router.add_get("/api/connections/sum", connections_sum)
+    app.router.add_get("/api/channels/{channel_id}/members", channel_members)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)

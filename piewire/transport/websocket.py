@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from piewire.closecodes import CloseCode, peer_close_code_is_valid
+from piewire.core.admission import Admission
 from piewire.core.connect import ConnectParams, parse_connect
 from piewire.core.messages import error_text
 from piewire.errors import ConnectRefused
@@ -48,6 +49,7 @@ class Connection:
 
     __slots__ = (
         "_closer",
+        "_expiry",
         "api_key",
         "channel_key",
         "closing",
@@ -93,6 +95,7 @@ class Connection:
         self.last_seen = service.loop.time()
         self.ping_sent = False
         self._closer: asyncio.TimerHandle | None = None
+        self._expiry: asyncio.TimerHandle | None = None
 
     def send(self, frame: bytes) -> None:
         self.outbox.push(frame)
@@ -122,6 +125,14 @@ class Connection:
             self.params.channel_id if self.params else "-",
             code,
         )
+
+    def expire_at(self, delay: float) -> None:
+        """End the connection when its token expires, ``delay`` seconds from now."""
+        self._expiry = self.service.loop.call_later(max(0.0, delay), self._expired)
+
+    def _expired(self) -> None:
+        self._expiry = None
+        self.close(CloseCode.TOKEN_EXPIRED, error="token expired")
 
     def refuse(self, refusal: ConnectRefused) -> None:
         self.close(refusal.code, error=refusal.reason)
@@ -203,6 +214,8 @@ class Connection:
         """The handler is done: stop timers, and keep aiohttp from closing again."""
         if self._closer is not None:
             self._closer.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
         self.closing = True
         self.outbox.seal()
         # Every close frame of this connection went out through the outbox;
@@ -229,10 +242,11 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             {"error": "expected a WebSocket upgrade request"}, status=426
         )
     params: ConnectParams | None = None
+    admission: Admission | None = None
     refusal: ConnectRefused | None = None
     try:
         params = parse_connect(request.raw_path)
-        api_key = service.admit(params, request.headers)
+        admission = service.admit(params, request.headers)
     except ConnectRefused as exc:
         refusal = exc
     if service.shutting_down:
@@ -242,6 +256,12 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     assert transport is not None
     conn = Connection(service, ws, transport, params)
     try:
+        if refusal is None:
+            assert params is not None and admission is not None
+            try:
+                await service.attach(conn, params, admission)
+            except ConnectRefused as exc:
+                refusal = exc
         if refusal is not None:
             log.info(
                 "connection refused conn=%s code=%d reason=%s",
@@ -252,8 +272,6 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             conn.refuse(refusal)
             await conn.run()
             return ws
-        assert params is not None
-        await service.attach(conn, params, api_key)
         try:
             await conn.run()
         finally:
