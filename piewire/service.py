@@ -10,20 +10,20 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from piewire.broker.base import Broker
+from piewire.broker.base import Broker, NodeHooks
 from piewire.closecodes import CloseCode
 from piewire.core.admission import Admission, admit
 from piewire.core.channels import channel_key
 from piewire.core.connect import ConnectParams
-from piewire.core.hub import Channel, Hub
+from piewire.core.hub import Hub
 from piewire.core.messages import (
     event_text,
     reserved_event_of,
     system_error_text,
 )
-from piewire.core.presence import Out, PresenceFeed, PresenceMember
 from piewire.core.publish import PublishRequest
-from piewire.errors import ApiError, BrokerUnavailable, ConnectRefused
+from piewire.errors import ApiError, BrokerUnavailable, ConnectRefused, KeyStoreError
+from piewire.rosters import Rosters
 from piewire.settings import Settings
 from piewire.store.keys import ApiKey, KeyStore
 from piewire.transport.frames import OP_TEXT, encode_frame
@@ -89,19 +89,26 @@ class Service:
         self.loop = loop
         self.keys = KeyCache(store)
         self.broker = broker
-        self.hub = Hub(on_first=broker.subscribe, on_last=broker.unsubscribe)
+        self.hub = Hub()
         self.flusher = Flusher(loop)
         self.connections: dict[str, Connection] = {}
         self.per_key: dict[str, int] = {}
+        self.rosters = Rosters(settings, self.hub, broker, self.connections, loop)
         self.shutting_down = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._flushes: dict[str, asyncio.TimerHandle] = {}
 
     # -- lifecycle -------------------------------------------------------
 
     async def start(self) -> None:
-        self.keys.refresh()
-        await self.broker.start(self.deliver)
+        await asyncio.to_thread(self.keys.refresh)
+        hooks = NodeHooks(
+            deliver=self.deliver,
+            on_presence=self.rosters.on_change,
+            local_members=self.rosters.local_members,
+            on_resync=self.rosters.reload_all,
+            is_local=lambda key: self.hub.get(key) is not None,
+        )
+        await self.broker.start(hooks)
         self._tasks.append(asyncio.create_task(self._refresh_keys()))
         self._tasks.append(asyncio.create_task(self._keepalive()))
 
@@ -110,15 +117,16 @@ class Service:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        await self.rosters.close()
         await self.broker.close()
 
     async def _refresh_keys(self) -> None:
         while True:
             await asyncio.sleep(self.settings.key_refresh)
             try:
-                gone = self.keys.refresh()
-            except Exception:
-                log.exception("key store refresh failed")
+                gone = await asyncio.to_thread(self.keys.refresh)
+            except KeyStoreError as exc:
+                log.warning("key store refresh failed error=%s", exc)
                 continue
             for key in gone:
                 self._close_key(key.api_key, "api key revoked")
@@ -175,15 +183,21 @@ class Service:
     async def attach(
         self, conn: Connection, params: ConnectParams, admission: Admission
     ) -> None:
-        """Join an admitted connection to its channel (and its roster)."""
+        """Join an admitted connection to its channel (and its roster).
+
+        The broker subscription comes first, so the connection misses nothing
+        published after it joined; if it fails, the connection is refused.
+        """
         key = admission.key
         conn.api_key = key.api_key
         conn.channel_key = channel_key(key.api_key, params.channel_id)
         conn.user = admission.user
-        channel = self.hub.get(conn.channel_key)
-        replaced = None
-        if admission.presence and channel is not None and channel.feed is not None:
-            replaced = self._uuid_holder(channel, conn)
+        try:
+            if self.hub.get(conn.channel_key) is None:
+                await self.broker.subscribe(conn.channel_key)
+        except BrokerUnavailable as exc:
+            log.warning("subscribe failed channel=%s error=%s", params.channel_id, exc)
+            raise ConnectRefused(CloseCode.TRY_AGAIN_LATER, str(exc)) from exc
         self.connections[conn.conn_id] = conn
         self.per_key[key.api_key] = self.per_key.get(key.api_key, 0) + 1
         if params.boot_event:
@@ -191,8 +205,6 @@ class Service:
         channel = self.hub.join(conn.channel_key, key.api_key, params.channel_id, conn)
         if admission.expires_at is not None:
             conn.expire_at(admission.expires_at - time.time())
-        if admission.presence:
-            self._presence_join(channel, conn, replaced)
         log.info(
             "connection opened conn=%s channel=%s key=%s presence=%s",
             conn.conn_id,
@@ -200,85 +212,23 @@ class Service:
             key.api_key[:8],
             admission.presence,
         )
-
-    def _uuid_holder(self, channel: Channel, conn: Connection) -> Connection | None:
-        """The local connection whose uuid ``conn`` takes over, if any.
-
-        The same identity takes the uuid over (a reconnect, a second tab with a
-        stored uuid); a different one is refused, so nobody evicts another.
-        """
-        assert channel.feed is not None
-        holder = channel.feed.members.get(conn.uuid)
-        if holder is None:
-            return None
-        if holder.user != conn.user:
-            raise ConnectRefused(CloseCode.UUID_IN_USE, "uuid already in use")
-        return self.connections.get(holder.conn_id)
-
-    def _presence_join(
-        self, channel: Channel, conn: Connection, replaced: Connection | None
-    ) -> None:
-        if channel.feed is None:
-            channel.feed = PresenceFeed(
-                self.settings.presence_window, self.settings.presence_rate
-            )
-        channel.listeners[conn.conn_id] = conn
-        member = PresenceMember.make(conn.uuid, conn.user, conn.conn_id)
-        now = self.loop.time()
-        if replaced is not None:
-            replaced.close(
-                CloseCode.REPLACED,
-                error="replaced by a newer connection with the same uuid",
-            )
-        outs = channel.feed.join(member, len(channel.listeners), now)
-        self._announce(channel, outs)
-
-    def _announce(self, channel: Channel, outs: list[Out]) -> None:
-        feed = channel.feed
-        assert feed is not None
-        for out in outs:
-            frame = encode_frame(OP_TEXT, out.text.encode())
-            if out.to_uuid is None:
-                channel.send_to_listeners(frame)
-                continue
-            holder = feed.members.get(out.to_uuid)
-            member = channel.members.get(holder.conn_id) if holder else None
-            if member is not None:
-                member.send(frame)
-        if feed.deadline is not None and channel.key not in self._flushes:
-            self._flushes[channel.key] = self.loop.call_at(
-                feed.deadline, self._flush_presence, channel.key
-            )
-
-    def _flush_presence(self, key: str) -> None:
-        self._flushes.pop(key, None)
-        channel = self.hub.get(key)
-        if channel is not None and channel.feed is not None:
-            self._announce(channel, channel.feed.flush(self.loop.time()))
-
-    def roster(self, api_key: str, secret: str, channel_id: str) -> list[Any]:
-        key = self.keys.check_secret(api_key, secret)
-        channel = self.hub.get(channel_key(key.api_key, channel_id))
-        if channel is None or channel.feed is None:
-            return []
-        return [{"user": m.user, "uuid": m.uuid} for m in channel.feed.members.values()]
+        if admission.presence:
+            conn.presence = True
+            try:
+                await self.rosters.join(channel, conn)
+            except (ConnectRefused, BrokerUnavailable):
+                conn.presence = False
+                self.detach(conn)
+                raise
 
     def detach(self, conn: Connection) -> None:
         if self.connections.pop(conn.conn_id, None) is None:
             return
         channel = self.hub.get(conn.channel_key)
-        listening = channel is not None and conn.conn_id in channel.listeners
-        self.hub.leave(conn.channel_key, conn)
-        if channel is not None and listening and channel.feed is not None:
-            outs = channel.feed.leave(
-                conn.uuid, conn.conn_id, len(channel.listeners), self.loop.time()
-            )
-            if channel.listeners:
-                self._announce(channel, outs)
-            elif not channel.members:
-                timer = self._flushes.pop(channel.key, None)
-                if timer is not None:
-                    timer.cancel()
+        if channel is not None and conn.presence:
+            self.rosters.leave(channel, conn)
+        if self.hub.leave(conn.channel_key, conn):
+            self.broker.unsubscribe(conn.channel_key)
         remaining = self.per_key.get(conn.api_key, 1) - 1
         if remaining:
             self.per_key[conn.api_key] = remaining
@@ -315,6 +265,8 @@ class Service:
         if self.hub.get(key) is not None:
             self.hub.deliver(key, encode_frame(opcode, payload), sender)
 
+    # -- REST ------------------------------------------------------------
+
     async def rest_publish(self, request: PublishRequest) -> None:
         key = self.keys.check_secret(request.api_key, request.secret)
         target = channel_key(key.api_key, request.channel_id)
@@ -326,3 +278,12 @@ class Service:
     def channel_counts(self, api_key: str, secret: str) -> dict[str, int]:
         key = self.keys.check_secret(api_key, secret)
         return self.hub.channels_of(key.api_key)
+
+    async def roster(self, api_key: str, secret: str, channel_id: str) -> list[Any]:
+        key = self.keys.check_secret(api_key, secret)
+        target = channel_key(key.api_key, channel_id)
+        try:
+            _, members = await self.broker.presence_snapshot(target)
+        except BrokerUnavailable as exc:
+            raise ApiError(503, f"message bus unavailable: {exc}") from exc
+        return [{"user": m.user, "uuid": m.uuid} for m in members]

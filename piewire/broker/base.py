@@ -1,27 +1,49 @@
-"""The broker interface every backend implements."""
+"""The broker interface every backend implements.
+
+A broker carries two things to every node with members in a channel, in one
+order per channel: published messages, and changes of the channel's presence
+roster.  Each roster change has a version, one more than the change before
+it, so a node that missed one can tell and reload the roster.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Protocol
+
+from piewire.core.presence import PresenceMember
 
 # Called on each node for each message of a channel it subscribed to:
 # (channel key, opcode, payload, sender connection id or "").
 Deliver = Callable[[str, int, bytes, str], None]
+# Called on each node for each roster change of a channel it subscribed to:
+# (channel key, version, JOIN or LEAVE, member).
+OnPresence = Callable[[str, int, str, PresenceMember], None]
+# The presence members this node holds, as (channel key, member) pairs.
+LocalMembers = Callable[[], Iterable[tuple[str, PresenceMember]]]
+# Called after the broker lost messages (a reconnect): reload every roster.
+OnResync = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class NodeHooks:
+    """How a broker reaches the node it serves."""
+
+    deliver: Deliver
+    on_presence: OnPresence
+    local_members: LocalMembers
+    on_resync: OnResync
+    is_local: Callable[[str], bool]
+    """Whether the node has members in a channel (asked before unsubscribing)."""
 
 
 class Broker(Protocol):
-    """Publishes into channels and delivers to the local hub.
-
-    ``subscribe``/``unsubscribe`` are called when a channel gains its first or
-    loses its last local member; they never block the caller.
-    """
-
     @property
     def ready(self) -> bool:
         """Whether a publish now is carried to every node."""
 
-    async def start(self, deliver: Deliver) -> None: ...
+    async def start(self, hooks: NodeHooks) -> None: ...
 
     async def publish(self, key: str, opcode: int, payload: bytes, sender: str) -> None:
         """Send to every member of ``key`` on every node, in call order.
@@ -29,8 +51,22 @@ class Broker(Protocol):
         Raises ``BrokerUnavailable`` when that cannot be promised.
         """
 
-    def subscribe(self, key: str) -> None: ...
+    async def subscribe(self, key: str) -> None:
+        """Receive ``key`` on this node from now on; ``BrokerUnavailable`` if not."""
 
-    def unsubscribe(self, key: str) -> None: ...
+    def unsubscribe(self, key: str) -> None:
+        """Stop receiving ``key`` after a short grace, unless subscribed again."""
+
+    async def presence_join(self, key: str, member: PresenceMember) -> None:
+        """Add ``member`` to the roster; a JOIN change follows on every node.
+
+        Raises ``ConnectRefused`` when another identity holds the uuid.
+        """
+
+    async def presence_leave(self, key: str, member: PresenceMember) -> None:
+        """Remove ``member`` if its connection still holds the uuid; a LEAVE follows."""
+
+    async def presence_snapshot(self, key: str) -> tuple[int, list[PresenceMember]]:
+        """The roster of ``key`` and the version of its last change."""
 
     async def close(self) -> None: ...

@@ -8,7 +8,7 @@ bytes to every member that should get them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Protocol
 
 from piewire.core.presence import PresenceFeed
@@ -49,22 +49,11 @@ class Channel:
 
 
 class Hub:
-    """Every channel with at least one local member, and nothing else.
+    """Every channel with at least one local member, and nothing else."""
 
-    ``on_first`` and ``on_last`` are called when a channel gains its first
-    local member and loses its last one, so a broker subscribes only to
-    channels someone here listens to.
-    """
-
-    def __init__(
-        self,
-        on_first: Callable[[str], None] = lambda key: None,
-        on_last: Callable[[str], None] = lambda key: None,
-    ) -> None:
+    def __init__(self) -> None:
         self._channels: dict[str, Channel] = {}
         self._by_api_key: dict[str, dict[str, Channel]] = {}
-        self._on_first = on_first
-        self._on_last = on_last
 
     def join(self, key: str, api_key: str, channel_id: str, member: Member) -> Channel:
         channel = self._channels.get(key)
@@ -72,22 +61,23 @@ class Hub:
             channel = Channel(key, api_key, channel_id)
             self._channels[key] = channel
             self._by_api_key.setdefault(api_key, {})[channel_id] = channel
-            self._on_first(key)
         channel.members[member.conn_id] = member
         return channel
 
-    def leave(self, key: str, member: Member) -> None:
+    def leave(self, key: str, member: Member) -> bool:
+        """Remove ``member``; True when that emptied and removed the channel."""
         channel = self._channels.get(key)
         if channel is None or channel.members.pop(member.conn_id, None) is None:
-            return
+            return False
         channel.listeners.pop(member.conn_id, None)
-        if not channel.members:
-            del self._channels[key]
-            of_key = self._by_api_key[channel.api_key]
-            del of_key[channel.channel_id]
-            if not of_key:
-                del self._by_api_key[channel.api_key]
-            self._on_last(key)
+        if channel.members:
+            return False
+        del self._channels[key]
+        of_key = self._by_api_key[channel.api_key]
+        del of_key[channel.channel_id]
+        if not of_key:
+            del self._by_api_key[channel.api_key]
+        return True
 
     def deliver(self, key: str, frame: bytes, sender: str) -> int:
         """Queue ``frame`` to every member of ``key`` but a sender that opted out."""
@@ -113,6 +103,9 @@ class Hub:
     def members_of(self, api_key: str) -> Iterator[Member]:
         for channel in list(self._by_api_key.get(api_key, {}).values()):
             yield from list(channel.members.values())
+
+    def channels(self) -> list[Channel]:
+        return list(self._channels.values())
 
     def all_members(self) -> Iterator[Member]:
         for channel in list(self._channels.values()):

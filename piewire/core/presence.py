@@ -15,6 +15,7 @@ The feed does no I/O and reads no clock: callers pass ``now`` and act on the
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,18 +26,45 @@ MEMBER_JOINED = "system:member_joined"
 MEMBER_LEFT = "system:member_left"
 
 
+JOIN = "join"
+LEAVE = "leave"
+
+
 @dataclass(frozen=True, slots=True)
 class PresenceMember:
-    """One presence connection as the roster shows it."""
+    """One presence connection as the roster shows it.
+
+    ``ident`` is the identity two connections must share for the newer one to
+    take over a uuid; ``text`` is the member as roster events show it.
+    """
 
     uuid: str
     user: Any
     conn_id: str
     text: str
+    ident: str
 
     @classmethod
     def make(cls, uuid: str, user: Any, conn_id: str) -> PresenceMember:
-        return cls(uuid, user, conn_id, dumps({"user": user, "uuid": uuid}))
+        text = dumps({"user": user, "uuid": uuid})
+        return cls(uuid, user, conn_id, text, json.dumps(user, sort_keys=True))
+
+    def record(self) -> str:
+        """The member as the cluster stores it."""
+        return dumps(
+            {
+                "user": self.user,
+                "uuid": self.uuid,
+                "conn": self.conn_id,
+                "ident": self.ident,
+            }
+        )
+
+    @classmethod
+    def from_record(cls, record: str | bytes) -> PresenceMember:
+        data = json.loads(record)
+        member = cls.make(data["uuid"], data["user"], data["conn"])
+        return member
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,14 +78,23 @@ class Out:
 class PresenceFeed:
     """The roster of one channel and the pacing of its announcements."""
 
-    def __init__(self, window: float, rate: float) -> None:
+    def __init__(
+        self,
+        window: float,
+        rate: float,
+        members: list[PresenceMember] | None = None,
+        version: int = 0,
+    ) -> None:
         self.members: dict[str, PresenceMember] = {}
+        self.version = version
         self.deadline: float | None = None
         self._window = window
         self._rate = rate
         self._credit = rate
         self._refilled_at: float | None = None
         self._roster_bytes = 2
+        for member in members or ():
+            self._add(member)
 
     # -- roster ----------------------------------------------------------
 
@@ -138,6 +175,18 @@ class PresenceFeed:
         if not self._spend(listeners * self._roster_bytes, now):
             return []
         return [Out(self._event(MEMBER_LEFT, current))]
+
+    def reset(self, members: list[PresenceMember], version: int) -> list[Out]:
+        """Replace the roster (after missed changes); everyone gets the new one."""
+        self.members.clear()
+        self._roster_bytes = 2
+        for member in members:
+            self._add(member)
+        self.version = version
+        self.deadline = None
+        if not self.members:
+            return []
+        return [Out(self._event(MEMBER_LIST, None))]
 
     def flush(self, now: float) -> list[Out]:
         """The held changes, as one member_list to every listener."""

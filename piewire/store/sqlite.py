@@ -28,7 +28,10 @@ class SqliteKeyStore:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.path = data_dir / "keys.sqlite3"
         try:
-            self._db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
+            # The server reads from a worker thread, one call at a time.
+            self._db = sqlite3.connect(
+                self.path, timeout=5.0, isolation_level=None, check_same_thread=False
+            )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:

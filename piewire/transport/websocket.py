@@ -13,12 +13,13 @@ import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from piewire.closecodes import CloseCode, peer_close_code_is_valid
 from piewire.core.admission import Admission
 from piewire.core.connect import ConnectParams, parse_connect
 from piewire.core.messages import error_text
+from piewire.core.presence import PresenceMember
 from piewire.errors import ConnectRefused
 from piewire.transport.frames import (
     OP_BINARY,
@@ -40,8 +41,37 @@ log = logging.getLogger("piewire.server")
 NODE_ID = secrets.token_hex(4)
 _serial = itertools.count(1)
 
-# How long a closing connection waits for the peer's close frame.
+# How long a closing connection waits for the peer's close frame, and for the
+# peer to read what is still queued for it, before the socket is dropped.
 CLOSE_TIMEOUT = 2.0
+
+# The close reason for each protocol violation aiohttp's parser reports.
+_FAILURE_REASONS: dict[int, str] = {
+    CloseCode.PROTOCOL_ERROR: "protocol error",
+    CloseCode.INVALID_DATA: "invalid UTF-8 text",
+    CloseCode.MESSAGE_TOO_BIG: "message too big",
+}
+
+
+class ServerWebSocket(web.WebSocketResponse):
+    """aiohttp's WebSocket response, without the close frames it writes itself.
+
+    aiohttp writes a close frame straight to the transport when its parser
+    finds a protocol violation and when the handler returns.  That frame would
+    skip the outbox: frames queued before it would follow it on the wire, a
+    connection already closed by piewire would get a second close frame, and
+    aiohttp would wait, with no bound, for a peer that reads nothing.  Every
+    close frame of piewire goes through the outbox instead, so ``close`` here
+    only marks the socket closed; ``Connection`` does the rest.
+    """
+
+    async def close(
+        self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
+    ) -> bool:
+        if self.closed:
+            return False
+        self._set_closed()
+        return True
 
 
 class Connection:
@@ -60,6 +90,7 @@ class Connection:
         "outbox",
         "params",
         "ping_sent",
+        "presence",
         "service",
         "transport",
         "user",
@@ -91,6 +122,7 @@ class Connection:
             service.settings.outbound_buffer,
             self._slow_consumer,
         )
+        self.presence = False
         self.closing = False
         self.last_seen = service.loop.time()
         self.ping_sent = False
@@ -99,6 +131,9 @@ class Connection:
 
     def send(self, frame: bytes) -> None:
         self.outbox.push(frame)
+
+    def presence_member(self) -> PresenceMember:
+        return PresenceMember.make(self.uuid, self.user, self.conn_id)
 
     def send_text(self, text: str) -> None:
         self.outbox.push(text_frame(text))
@@ -182,9 +217,11 @@ class Connection:
                 return
             elif kind is WSMsgType.PONG:
                 continue
+            elif kind is WSMsgType.ERROR and isinstance(msg.data, WebSocketError):
+                self._fail(msg.data)
+                return
             else:
-                # CLOSING, CLOSED or ERROR: aiohttp has answered a protocol
-                # violation with its close code, or the socket is gone.
+                # CLOSED or ERROR: the socket is gone.
                 self.closing = True
                 self.outbox.seal()
                 return
@@ -197,6 +234,24 @@ class Connection:
                 self.close(CloseCode.INVALID_DATA, "invalid UTF-8 text")
                 return
         await self.service.client_message(self, OP_TEXT if is_text else OP_BINARY, data)
+
+    def _fail(self, error: WebSocketError) -> None:
+        """The parser found a protocol violation (RFC 6455 7.1.7).
+
+        The close frame goes out behind what is already queued, unless this
+        connection sent one before.  The parser reads nothing after an error,
+        so no close frame can come back: the stream ends once the queue is
+        written, or when ``CLOSE_TIMEOUT`` runs out.
+        """
+        log.info(
+            "protocol error conn=%s code=%d error=%s",
+            self.conn_id,
+            error.code,
+            str(error)[:200],
+        )
+        reason = _FAILURE_REASONS.get(error.code, "protocol error")
+        self.close(error.code, reason)
+        self.transport.close()
 
     def _peer_closed(self, code: int, reason: str | None) -> None:
         if self.closing:
@@ -211,24 +266,30 @@ class Connection:
         self.transport.close()
 
     def finished(self) -> None:
-        """The handler is done: stop timers, and keep aiohttp from closing again."""
-        if self._closer is not None:
-            self._closer.cancel()
+        """The handler is done: end the stream, within ``CLOSE_TIMEOUT``.
+
+        A peer that stopped reading keeps the transport from finishing its
+        close; the abort timer, started when the closing began or here, drops
+        the socket instead of holding it and its buffer forever.
+        """
         if self._expiry is not None:
             self._expiry.cancel()
         self.closing = True
         self.outbox.seal()
-        # Every close frame of this connection went out through the outbox;
-        # this keeps aiohttp's end-of-response step from sending another.
-        self.ws._set_closed()
         if not self.transport.is_closing():
             self.transport.close()
+        if self.transport.get_write_buffer_size() == 0:
+            if self._closer is not None:
+                self._closer.cancel()
+        elif self._closer is None:
+            loop = self.service.loop
+            self._closer = loop.call_later(CLOSE_TIMEOUT, self.transport.abort)
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     settings = service.settings
-    ws = web.WebSocketResponse(
+    ws = ServerWebSocket(
         autoclose=False,
         autoping=False,
         compress=False,
