@@ -199,8 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from piewire.server import run
 
-            run(_settings(args, [f.name for f in SETTINGS]))
-            return 0
+            return run(_settings(args, [f.name for f in SETTINGS]))
         if args.command == "keys":
             return _keys(args)
         return _token(args)

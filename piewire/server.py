@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import ssl
+import subprocess
 import sys
 
 from aiohttp import web
@@ -14,7 +15,7 @@ from aiohttp import web
 from piewire.broker.base import Broker
 from piewire.broker.memory import MemoryBroker
 from piewire.service import Service
-from piewire.settings import Settings
+from piewire.settings import Settings, settings_environment
 from piewire.store.keys import ApiKey, KeyStore
 from piewire.store.sqlite import SqliteKeyStore
 from piewire.transport.http import SERVICE, add_routes, json_errors
@@ -22,12 +23,26 @@ from piewire.transport.websocket import websocket_handler
 
 log = logging.getLogger("piewire.server")
 
+# Set in the environment of the processes ``--workers`` starts.
+WORKER_ENV = "PIEWIRE_WORKER"
+
 
 def open_key_store(settings: Settings) -> KeyStore:
+    """Redis in a cluster, so every node sees every key; else SQLite."""
+    if settings.redis_url:
+        from piewire.store.redis import RedisKeyStore
+
+        return RedisKeyStore(settings.redis_url, settings.redis_prefix)
     return SqliteKeyStore(settings.data_dir)
 
 
 def make_broker(settings: Settings) -> Broker:
+    if settings.redis_url:
+        from piewire.broker.redis import RedisBroker
+
+        return RedisBroker(
+            settings.redis_url, settings.redis_prefix, settings.presence_ttl
+        )
     return MemoryBroker()
 
 
@@ -86,11 +101,12 @@ def ensure_first_key(settings: Settings, store: KeyStore) -> None:
     print(first_key_banner(settings, key), flush=True)
 
 
-async def serve(settings: Settings, sock: object | None = None) -> None:
+async def serve(settings: Settings) -> None:
     """Run a node until SIGTERM or SIGINT, then shut down in order."""
     loop = asyncio.get_running_loop()
     store = open_key_store(settings)
-    ensure_first_key(settings, store)
+    if not os.environ.get(WORKER_ENV):
+        ensure_first_key(settings, store)
     service = Service(settings, store, make_broker(settings), loop)
     await service.start()
     app = build_app(service)
@@ -101,7 +117,7 @@ async def serve(settings: Settings, sock: object | None = None) -> None:
         settings.host,
         settings.port,
         ssl_context=ssl_context(settings),
-        reuse_port=settings.workers > 1,
+        reuse_port=settings.workers > 1 or bool(os.environ.get(WORKER_ENV)),
         backlog=4096,
     )
     await site.start()
@@ -140,15 +156,49 @@ async def serve(settings: Settings, sock: object | None = None) -> None:
     log.info("shutdown complete")
 
 
-def run(settings: Settings) -> None:
+def run_workers(settings: Settings) -> int:
+    """Start ``settings.workers`` processes on one port and wait for them.
+
+    Each worker is a full node sharing the port with SO_REUSEPORT and the
+    cluster through Redis.  Signals are passed on; the exit status is the
+    worst of the workers'.
+    """
+    store = open_key_store(settings)
+    try:
+        ensure_first_key(settings, store)
+    finally:
+        store.close()
+    argv = [sys.executable, "-m", "piewire", "serve", "--workers", "1"]
+    env = {**os.environ, WORKER_ENV: "1", **settings_environment(settings)}
+    # Own sessions: a terminal Ctrl-C reaches the workers once, through here.
+    children = [
+        subprocess.Popen(argv, env=env, start_new_session=True)
+        for _ in range(settings.workers)
+    ]
+
+    def forward(signum: int, frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, key=abs)
+
+
+def run(settings: Settings) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    if settings.workers > 1:
+        return run_workers(settings)
     try:
         import uvloop
     except ImportError:
         asyncio.run(serve(settings))
     else:
         uvloop.run(serve(settings))
+    return 0

@@ -76,6 +76,13 @@ class Settings:
             "before changes are batched into member_list events"
         },
     )
+    presence_ttl: float = field(
+        default=20.0,
+        metadata={
+            "help": "cluster: seconds after which a dead node's members are "
+            "announced as left"
+        },
+    )
     redis_url: str | None = field(
         default=None,
         metadata={"help": "redis://HOST:PORT/DB: join a cluster sharing this Redis"},
@@ -160,3 +167,13 @@ def load_settings(
         if raw is not None and raw != "":
             values[f.name] = _convert(f, raw)
     return Settings(**values)
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """``settings`` as ``PIEWIRE_*`` variables, for processes started from here."""
+    env: dict[str, str] = {}
+    for f in SETTINGS:
+        value = getattr(settings, f.name)
+        if value is not None and f.name != "workers":
+            env[env_name(f.name)] = str(value)
+    return env
