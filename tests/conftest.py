@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.redis_support import RedisServer, running_redis
 from tests.support import Key, Server, running_server
 
 
@@ -18,3 +19,9 @@ def server(tmp_path: Path) -> Iterator[Server]:
 def key(server: Server) -> Key:
     assert server.key is not None
     return server.key
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    with running_redis(tmp_path) as server:
+        yield server
