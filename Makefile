@@ -5,9 +5,16 @@ BIN := $(VENV)/bin
 NODE_DIR := tests/node
 export PIEWIRE_TEST_TIME_SCALE ?= 1
 
-.PHONY: install run test lint unit bench clean
+.PHONY: install run test lint unit bench clean redis-server
 
-install: $(VENV)/.installed $(NODE_DIR)/node_modules/.installed
+install: $(VENV)/.installed $(NODE_DIR)/node_modules/.installed redis-server
+
+# The cluster tests start a real redis-server; Debian's package provides it.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
+	@redis-server --version
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
