@@ -50,7 +50,9 @@ def build_app(service: Service) -> web.Application:
     app = web.Application(middlewares=[json_errors])
     app[SERVICE] = service
     add_routes(app)
-    app.router.add_get("/v3/{tail:.*}", websocket_handler)
+    # Any character, newlines included: every /v3/ path gets a WebSocket answer,
+    # so a bad channel id is refused with an error frame, not a 404.
+    app.router.add_get(r"/v3/{tail:[\s\S]*}", websocket_handler)
     return app
 
 

@@ -17,8 +17,8 @@ from piewire.core.channels import channel_key
 from piewire.core.connect import ConnectParams
 from piewire.core.hub import Hub
 from piewire.core.messages import (
+    client_frame_refusal,
     event_text,
-    reserved_event_of,
     system_error_text,
 )
 from piewire.core.publish import PublishRequest
@@ -246,13 +246,11 @@ class Service:
         if key is None or not key.client_publish:
             conn.send_text(system_error_text("client publishing is off for this key"))
             return
-        if opcode == OP_TEXT:
-            reserved = reserved_event_of(data)
-            if reserved is not None:
-                conn.send_text(
-                    system_error_text(f"clients may not send {reserved} events")
-                )
-                return
+        # Binary frames too: the SDK on Node parses them as JSON text.
+        refusal = client_frame_refusal(data)
+        if refusal is not None:
+            conn.send_text(system_error_text(refusal))
+            return
         try:
             await self.broker.publish(conn.channel_key, opcode, data, conn.conn_id)
         except BrokerUnavailable as exc:

@@ -8,6 +8,7 @@ the default.  ``SETTINGS`` is the table both the CLI and the docs are built from
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -110,8 +111,21 @@ class Settings:
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert and tls_key go together")
-        if self.ping_interval <= 0 or self.ping_timeout <= 0:
-            raise ConfigError("ping_interval and ping_timeout must be positive")
+        for name in (
+            "ping_interval",
+            "ping_timeout",
+            "body_timeout",
+            "key_refresh",
+            "presence_window",
+            "presence_ttl",
+        ):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{name} must be a positive number, not {value}")
+        if not math.isfinite(self.shutdown_grace) or self.shutdown_grace < 0:
+            raise ConfigError("shutdown_grace must be 0 or more")
+        if self.presence_rate < 1:
+            raise ConfigError("presence_rate must be positive")
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
         if self.workers > 1 and not self.redis_url:

@@ -77,7 +77,11 @@ def parse_query(raw_query: str) -> dict[str, str | None]:
         if not part:
             continue
         raw_name, eq, raw_value = part.partition("=")
-        canonical = _PARAMETERS.get(decode_piece(raw_name))
+        try:
+            name = unquote_to_bytes(raw_name).decode("utf-8")
+        except UnicodeDecodeError:
+            continue  # not UTF-8, so not the name of any known parameter
+        canonical = _PARAMETERS.get(name)
         if canonical is None:
             continue
         if canonical in found:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,18 @@ def _channel(body: dict[str, Any]) -> str:
     return channel_id
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number; one too large for a float is refused, not made Infinity."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def _no_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not JSON")
+
+
 def content_type_allowed(content_type: str) -> bool:
     main = content_type.partition(";")[0].strip().lower()
     return main in JSON_CONTENT_TYPES or main.endswith("+json")
@@ -55,9 +68,13 @@ def parse_publish(body: bytes, max_message_size: int) -> PublishRequest:
     except UnicodeDecodeError as exc:
         raise ApiError(400, "body is not valid UTF-8") from exc
     try:
-        parsed = json.loads(text)
+        parsed = json.loads(
+            text, parse_float=_finite_float, parse_constant=_no_constant
+        )
     except ValueError as exc:
         raise ApiError(400, f"body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ApiError(400, "body is nested too deeply") from exc
     if not isinstance(parsed, dict):
         raise ApiError(400, "body must be a JSON object")
     api_key = _credential(parsed, "key")
@@ -66,7 +83,10 @@ def parse_publish(body: bytes, max_message_size: int) -> PublishRequest:
     if message is None:
         raise ApiError(400, "Missing message from payload")
     channel_id = _channel(parsed)
-    text_message = message if isinstance(message, str) else dumps(message)
+    try:
+        text_message = message if isinstance(message, str) else dumps(message)
+    except RecursionError as exc:
+        raise ApiError(400, "message is nested too deeply") from exc
     try:
         payload = text_message.encode("utf-8")
     except UnicodeEncodeError as exc:

@@ -39,5 +39,6 @@ def close_frame(code: int | None, reason: str = "") -> bytes:
     """A close frame; ``code=None`` gives the empty one (no status)."""
     if code is None:
         return encode_frame(OP_CLOSE, b"")
-    body = reason.encode("utf-8")[:123]
+    # At most 123 bytes of reason, cut on a character boundary.
+    body = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
     return encode_frame(OP_CLOSE, struct.pack("!H", code) + body)

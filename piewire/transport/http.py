@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from piewire.core.publish import content_type_allowed, parse_publish
 from piewire.errors import ApiError
@@ -41,11 +41,22 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status in (408, 413):
             # The body was not read to its end: the connection cannot be reused.
             response.force_close()
+        if exc.status == 408:
+            # The client stopped sending: answer and close now, rather than
+            # wait once more for a body that is not coming.
+            await response.prepare(request)
+            await response.write_eof()
+            if request.transport is not None:
+                request.transport.close()
         return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc.status, exc.reason)
+        response = error_response(exc.status, exc.reason)
+        allow = exc.headers.get("Allow")
+        if allow is not None:
+            response.headers["Allow"] = allow
+        return response
     except (asyncio.CancelledError, ConnectionError):
         raise
     except Exception:
@@ -69,7 +80,30 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
                 chunks.append(chunk)
     except TimeoutError as exc:
         raise ApiError(408, f"body not received within {timeout:g} s") from exc
+    except ConnectionError as exc:
+        # The client went away mid-body; the answer reaches no one.
+        raise ApiError(400, "connection closed before the body ended") from exc
     return b"".join(chunks)
+
+
+async def expect_publish(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue``: refuse a declared body over the limit at once."""
+    limit = _service(request).settings.rest_body_limit
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        response = error_response(
+            413, f"body of {declared} bytes is over the {limit} limit"
+        )
+        response.force_close()
+        return response
+    expect = request.headers.get("Expect", "")
+    if request.version != HttpVersion11:
+        return None
+    if expect.lower() != "100-continue":
+        return error_response(417, f"unknown expectation {expect[:40]!r}")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0
+    return None
 
 
 async def publish(request: web.Request) -> web.StreamResponse:
@@ -102,7 +136,7 @@ async def connections_sum(request: web.Request) -> web.StreamResponse:
 
 
 async def channel_members(request: web.Request) -> web.StreamResponse:
-    members = _service(request).roster(
+    members = await _service(request).roster(
         *_credentials(request), request.match_info["channel_id"]
     )
     return web.json_response({"members": members})
@@ -121,7 +155,7 @@ async def ready(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/api/publish", publish)
+    app.router.add_post("/api/publish", publish, expect_handler=expect_publish)
     app.router.add_get("/api/connections", connections)
     app.router.add_get("/api/connections/sum", connections_sum)
     app.router.add_get("/api/channels/{channel_id}/members", channel_members)

@@ -75,7 +75,11 @@ class Outbox:
         self._pending.append(frame)
         self._size += len(frame)
         if self._size > self._room:
-            self._overflow()
+            # The room was measured at the last flush; the transport may have
+            # drained since.  Measure again before calling this an overflow.
+            self._room = self._limit - self.transport.get_write_buffer_size()
+            if self._size > self._room:
+                self._overflow()
 
     def flush(self) -> None:
         """Write what is pending now, in one call."""

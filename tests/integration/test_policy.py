@@ -211,3 +211,24 @@ def test_keys_cli_round_trip(server: Server) -> None:
     assert updated["allowed_origins"] == ["a.test"]
     revoked = json.loads(server.keys_cli("revoke", created.api_key, "--json"))
     assert revoked["revoked"] is True
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"error":"stop reconnecting"}',
+        b'{"event":"system:member_left","data":{"members":[]}}',
+        b'{"error":"binary too"}',
+    ],
+)
+async def test_frames_that_would_stop_other_sdks_are_not_relayed(
+    server: Server, key: Key, frame: str | bytes
+) -> None:
+    async with (
+        connect(server.ws_url("room", key)) as sender,
+        connect(server.ws_url("room", key)) as other,
+    ):
+        await sender.send(frame)
+        reply = await recv_json(sender)
+        assert reply["event"] == "system:error"
+        await expect_nothing(other)
