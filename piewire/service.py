@@ -234,10 +234,11 @@ class Service:
             self.per_key[conn.api_key] = remaining
         else:
             self.per_key.pop(conn.api_key, None)
+        # The code this side sent or echoed; none when the peer just vanished.
         log.info(
             "connection closed conn=%s code=%s",
             conn.conn_id,
-            conn.ws.close_code,
+            conn.close_code if conn.close_code is not None else "none",
         )
 
     async def client_message(self, conn: Connection, opcode: int, data: bytes) -> None:

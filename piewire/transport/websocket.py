@@ -58,7 +58,7 @@ class ServerWebSocket(web.WebSocketResponse):
 
     aiohttp writes a close frame straight to the transport when its parser
     finds a protocol violation and when the handler returns.  That frame would
-    skip the outbox: frames queued before it would follow it on the wire, a
+    skip the outbox: frames still waiting there would follow it on the wire, a
     connection already closed by piewire would get a second close frame, and
     aiohttp would wait, with no bound, for a peer that reads nothing.  Every
     close frame of piewire goes through the outbox instead, so ``close`` here
@@ -82,6 +82,7 @@ class Connection:
         "_expiry",
         "api_key",
         "channel_key",
+        "close_code",
         "closing",
         "conn_id",
         "expires_at",
@@ -124,6 +125,7 @@ class Connection:
         )
         self.presence = False
         self.closing = False
+        self.close_code: int | None = None
         self.last_seen = service.loop.time()
         self.ping_sent = False
         self._closer: asyncio.TimerHandle | None = None
@@ -148,6 +150,7 @@ class Connection:
         if self.closing:
             return
         self.closing = True
+        self.close_code = code
         if error is not None:
             self.outbox.push(text_frame(error_text(error)))
         self.outbox.push(close_frame(code, reason))

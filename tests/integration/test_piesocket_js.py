@@ -9,29 +9,30 @@ client received; the assertions are here.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import ssl
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
-import trustme
 from websockets.sync.client import connect
 
-from tests.support import HOST, Key, Server, running_server, scaled
+from tests.sdk import (
+    Tls,
+    check_sdk_installed,
+    make_tls,
+    node_binary,
+    run_node_script,
+    running_tls_server,
+)
+from tests.support import HOST, Key, Server, scaled
 
-NODE_DIR = Path(__file__).resolve().parents[1] / "node"
-SCRIPT = NODE_DIR / "sdk_scenario.mjs"
-SDK_VERSION = "5.1.0"
+SCRIPT = "sdk_scenario.mjs"
 CHANNEL = "sdk-room"
 CLIENTS = ("A", "B", "C", "D")
 # The notifySelf option each client of the script is given, and how the SDK
@@ -82,14 +83,6 @@ CLIENT_FRAMES = {
 
 
 @dataclass
-class Tls:
-    ca_file: Path
-    cert_file: Path
-    key_file: Path
-    client_context: ssl.SSLContext
-
-
-@dataclass
 class Scenario:
     server: Server
     key: Key
@@ -103,41 +96,7 @@ class Scenario:
         return [r["text"] for r in self.of_kind("frame") if r["client"] == client]
 
 
-def make_tls(directory: Path) -> Tls:
-    """A throwaway CA and a server certificate for 127.0.0.1 and localhost."""
-    ca = trustme.CA()
-    cert = ca.issue_cert(HOST, "localhost")
-    tls = Tls(
-        ca_file=directory / "ca.pem",
-        cert_file=directory / "server-cert.pem",
-        key_file=directory / "server-key.pem",
-        client_context=ssl.create_default_context(),
-    )
-    ca.cert_pem.write_to_path(str(tls.ca_file))
-    cert.private_key_pem.write_to_path(str(tls.key_file))
-    tls.cert_file.write_bytes(b"".join(pem.bytes() for pem in cert.cert_chain_pems))
-    ca.configure_trust(tls.client_context)
-    return tls
-
-
-def node_binary() -> str:
-    node = shutil.which("node")
-    assert node is not None, (
-        "node is not on PATH: the piesocket-js tests need Node.js 20 or newer"
-    )
-    return node
-
-
-def check_sdk_installed() -> None:
-    manifest = NODE_DIR / "node_modules" / "piesocket-js" / "package.json"
-    assert manifest.exists(), f"{manifest} is missing: run `make install`"
-    version = json.loads(manifest.read_text())["version"]
-    assert version == SDK_VERSION, f"piesocket-js {version} is installed, not 5.1.0"
-
-
 def run_scenario(server: Server, key: Key, tls: Tls) -> list[dict[str, Any]]:
-    node = node_binary()
-    check_sdk_installed()
     config = {
         "host": f"{HOST}:{server.port}",
         "apiKey": key.api_key,
@@ -145,29 +104,7 @@ def run_scenario(server: Server, key: Key, tls: Tls) -> list[dict[str, Any]]:
         "channel": CHANNEL,
         "timeoutMs": round(scaled(5) * 1000),
     }
-    env = {**os.environ, "NODE_EXTRA_CA_CERTS": str(tls.ca_file)}
-    try:
-        result = subprocess.run(
-            [node, str(SCRIPT), json.dumps(config)],
-            cwd=NODE_DIR,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=scaled(90),
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise AssertionError(
-            f"the SDK scenario did not finish:\n{exc.stdout!r}\n{exc.stderr!r}\n"
-            f"server log:\n{server.log()}"
-        ) from exc
-    report = (
-        f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n"
-        f"{result.stderr}\nserver log:\n{server.log()}"
-    )
-    assert result.returncode == 0, report
-    records = [json.loads(line) for line in result.stdout.splitlines() if line]
-    assert records, report
-    return records
+    return run_node_script(SCRIPT, config, server, tls)
 
 
 @pytest.fixture(scope="module")
@@ -177,8 +114,7 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
 
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory: pytest.TempPathFactory, tls: Tls) -> Iterator[Server]:
-    args = ("--tls-cert", str(tls.cert_file), "--tls-key", str(tls.key_file))
-    with running_server(tmp_path_factory.mktemp("piewire"), *args, tls=True) as srv:
+    with running_tls_server(tmp_path_factory.mktemp("piewire"), tls) as srv:
         yield srv
 
 

@@ -20,8 +20,16 @@
 //   failed    {step, message}            a step did not complete in time
 //   done      {}                         every step completed
 
-import https from 'node:https';
 import {WebSocket} from 'ws';
+import {
+  emit,
+  httpsJson as httpsJsonTo,
+  runSteps,
+  StepFailed,
+  waitFor,
+  wakeWaiters,
+  withTimeout,
+} from './harness.mjs';
 
 // piesocket-js reads the global WebSocket when it is first imported.
 globalThis.WebSocket = WebSocket;
@@ -30,81 +38,8 @@ const {default: PieSocket} = await import('piesocket-js');
 const config = JSON.parse(process.argv[2]);
 const {host, apiKey, apiSecret, channel, timeoutMs} = config;
 
-function emit(record) {
-  process.stdout.write(JSON.stringify(record) + '\n');
-}
-
-class StepFailed extends Error {}
-
-function withTimeout(promise) {
-  let timer;
-  const expiry = new Promise((resolve, reject) => {
-    timer = setTimeout(
-        () => reject(new StepFailed(`no result within ${timeoutMs} ms`)),
-        timeoutMs,
-    );
-  });
-  return Promise.race([promise, expiry]).finally(() => clearTimeout(timer));
-}
-
-// Resolves once check() is true; checked after every received frame.
-const waiters = new Set();
-
-function waitFor(check) {
-  if (check()) {
-    return Promise.resolve();
-  }
-  return new Promise((resolve) => {
-    waiters.add({check, resolve});
-  });
-}
-
-function wakeWaiters() {
-  for (const waiter of [...waiters]) {
-    if (waiter.check()) {
-      waiters.delete(waiter);
-      waiter.resolve();
-    }
-  }
-}
-
 function httpsJson(method, path, body, headers = {}) {
-  return new Promise((resolve, reject) => {
-    const payload = body === undefined ? undefined : JSON.stringify(body);
-    const [hostname, port] = host.split(':');
-    const request = https.request(
-        {
-          method,
-          hostname,
-          port: Number(port),
-          path,
-          headers: {
-            ...headers,
-            ...(payload === undefined ? {} : {
-              'Content-Type': 'application/json',
-              'Content-Length': Buffer.byteLength(payload),
-            }),
-          },
-          timeout: timeoutMs,
-        },
-        (response) => {
-          const chunks = [];
-          response.on('data', (chunk) => chunks.push(chunk));
-          response.on('end', () => {
-            const text = Buffer.concat(chunks).toString('utf8');
-            try {
-              resolve({status: response.statusCode, body: JSON.parse(text)});
-            } catch (exc) {
-              resolve({status: response.statusCode, body: text});
-            }
-          });
-          response.on('error', reject);
-        },
-    );
-    request.on('timeout', () => request.destroy(new Error('request timed out')));
-    request.on('error', reject);
-    request.end(payload);
-  });
+  return httpsJsonTo(host, timeoutMs, method, path, body, headers);
 }
 
 async function restPublish(message) {
@@ -235,17 +170,7 @@ const steps = [
   }],
 ];
 
-let failed = false;
-for (const [name, run] of steps) {
-  try {
-    await withTimeout(run());
-    emit({kind: 'step', name});
-  } catch (exc) {
-    emit({kind: 'failed', step: name, message: String(exc && exc.message || exc)});
-    failed = true;
-    break;
-  }
-}
+let failed = !(await runSteps(steps, timeoutMs));
 if (!failed) {
   emit({kind: 'done'});
 }
@@ -253,7 +178,10 @@ for (const {pie} of Object.values(clients)) {
   pie.unsubscribe(channel);
 }
 try {
-  await withTimeout(waitFor(() => closed.size === Object.keys(clients).length));
+  await withTimeout(
+      waitFor(() => closed.size === Object.keys(clients).length),
+      timeoutMs,
+  );
 } catch (exc) {
   emit({kind: 'failed', step: 'close', message: String(exc.message)});
   failed = true;
