@@ -315,7 +315,12 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         refusal = exc
     if service.shutting_down:
         return web.json_response({"error": "server is shutting down"}, status=503)
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except ConnectionError:
+        # The client left during its own handshake: nothing to answer.
+        log.info("connection lost during the handshake")
+        return ws
     transport = request.transport
     assert transport is not None
     conn = Connection(service, ws, transport, params)
