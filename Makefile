@@ -29,9 +29,11 @@ $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/packag
 run: $(VENV)/.installed
 	$(BIN)/piewire serve
 
+LINTED := piewire tests $(wildcard bench)
+
 lint: $(VENV)/.installed
-	$(BIN)/ruff check piewire tests bench
-	$(BIN)/ruff format --check piewire tests bench
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy --strict piewire
 
 test: install lint
