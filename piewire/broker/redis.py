@@ -20,6 +20,8 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Coroutine
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -124,6 +126,16 @@ class RedisBroker:
             socket_connect_timeout=2.0,
             retry=Retry(NoBackoff(), 1),
         )
+        # The subscriber connection gets no retry: redis-py would reconnect and
+        # subscribe again inside a read, and the node would never learn that
+        # messages and roster changes were lost meanwhile.  ``_listen`` does
+        # the reconnecting, marks the node unready, and resyncs.
+        self._sub_redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+            retry=Retry(NoBackoff(), 0),
+        )
         self._join = self._redis.register_script(_JOIN)
         self._leave = self._redis.register_script(_LEAVE)
         self._reap = self._redis.register_script(_REAP)
@@ -137,6 +149,8 @@ class RedisBroker:
         self._waiting: dict[str, asyncio.Future[None]] = {}
         self._dropping: dict[str, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        # Short-lived work (unsubscribes, restores), each dropped once done.
+        self._background: set[asyncio.Task[None]] = set()
         self._control = f"{prefix}:control"
 
     # -- names -----------------------------------------------------------
@@ -170,13 +184,15 @@ class RedisBroker:
             await asyncio.wait_for(asyncio.shield(connected), SUBSCRIBE_TIMEOUT)
 
     async def close(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._background]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
         for timer in self._dropping.values():
             timer.cancel()
         self._ready = False
+        await self._sub_redis.aclose()
         await self._redis.aclose()
 
     # -- the subscriber connection ---------------------------------------
@@ -185,7 +201,7 @@ class RedisBroker:
         backoff = BACKOFF_FIRST
         first = True
         while True:
-            pubsub = self._redis.pubsub()
+            pubsub = self._sub_redis.pubsub()
             try:
                 await pubsub.subscribe(self._control)
                 names = [self._channel(key) for key in self._wanted]
@@ -259,7 +275,7 @@ class RedisBroker:
             connected.set_result(None)
         if not first:
             log.warning("redis connection restored channels=%d", len(self._wanted))
-            self._tasks.append(asyncio.create_task(self._restore()))
+            self._spawn(self._restore())
 
     async def _restore(self) -> None:
         """After a reconnect: put back lost roster entries, then reload rosters."""
@@ -345,7 +361,12 @@ class RedisBroker:
         self._confirmed.discard(key)
         pubsub = self._pubsub
         if pubsub is not None:
-            self._tasks.append(asyncio.create_task(self._unsubscribe(pubsub, key)))
+            self._spawn(self._unsubscribe(pubsub, key))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _unsubscribe(self, pubsub: aioredis.client.PubSub, key: str) -> None:
         with contextlib.suppress(RedisError, OSError):

@@ -3,14 +3,24 @@
 Keys live in ``{prefix}:keys`` (field: API key, value: its JSON record) and
 ``{prefix}:keys:revision`` counts changes, so every node sees a create, update
 or revocation within its refresh interval.
+
+A Redis that restarts without persistence comes back empty.  Keys are never
+deleted (a revocation is an update), so a store whose revision counter is gone
+after a node has read it lost its data: that node writes back the keys it last
+read, instead of reporting every key as gone, which would close every
+connection of the deployment.
 """
 
 from __future__ import annotations
+
+import logging
 
 import redis
 
 from piewire.errors import KeyStoreError
 from piewire.store.keys import ApiKey
+
+log = logging.getLogger("piewire.store.redis")
 
 # Create only if absent, and bump the revision, atomically.
 _CREATE = """
@@ -23,6 +33,16 @@ _PUT = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('INCR', KEYS[2])
+return 1
+"""
+# Put keys back, only if the revision counter is still missing, atomically.
+# ARGV: revision, then API key and record pairs.
+_RESTORE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+for i = 2, #ARGV, 2 do
+  redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('SET', KEYS[2], ARGV[1])
 return 1
 """
 
@@ -44,6 +64,10 @@ class RedisKeyStore:
             raise KeyStoreError(f"cannot reach Redis at {url}: {exc}") from exc
         self._create = self._redis.register_script(_CREATE)
         self._put = self._redis.register_script(_PUT)
+        self._restore = self._redis.register_script(_RESTORE)
+        # The last revision and records this store read, to restore from.
+        self._seen_revision = 0
+        self._seen: dict[str, str] = {}
 
     def _call(self, script: redis.commands.core.Script, key: ApiKey) -> int:
         try:
@@ -73,14 +97,29 @@ class RedisKeyStore:
         except redis.RedisError as exc:
             raise KeyStoreError(f"key store read failed: {exc}") from exc
         keys = [ApiKey.loads(_text(body)) for body in bodies]
+        self._seen = {
+            key.api_key: _text(body) for key, body in zip(keys, bodies, strict=True)
+        }
         return sorted(keys, key=lambda k: k.created_at)
 
     def revision(self) -> int:
         try:
             value = self._redis.get(self._revision)
+            if value is None and self._seen:
+                args: list[str | int] = [self._seen_revision]
+                for pair in self._seen.items():
+                    args.extend(pair)
+                if self._restore(keys=[self._hash, self._revision], args=args):
+                    log.warning(
+                        "key store was empty, restored keys=%d revision=%d",
+                        len(self._seen),
+                        self._seen_revision,
+                    )
+                value = self._redis.get(self._revision)
         except redis.RedisError as exc:
             raise KeyStoreError(f"key store read failed: {exc}") from exc
-        return int(value or 0)
+        self._seen_revision = int(value or 0)
+        return self._seen_revision
 
     def close(self) -> None:
         self._redis.close()
