@@ -107,6 +107,7 @@ class Service:
             local_members=self.rosters.local_members,
             on_resync=self.rosters.reload_all,
             is_local=lambda key: self.hub.get(key) is not None,
+            local_counts=self.hub.counts,
         )
         await self.broker.start(hooks)
         self._tasks.append(asyncio.create_task(self._refresh_keys()))
@@ -274,9 +275,13 @@ class Service:
         except BrokerUnavailable as exc:
             raise ApiError(503, f"message bus unavailable: {exc}") from exc
 
-    def channel_counts(self, api_key: str, secret: str) -> dict[str, int]:
+    async def channel_counts(self, api_key: str, secret: str) -> dict[str, int]:
         key = self.keys.check_secret(api_key, secret)
-        return self.hub.channels_of(key.api_key)
+        try:
+            counts = await self.broker.connection_counts(key.api_key)
+        except BrokerUnavailable as exc:
+            raise ApiError(503, f"message bus unavailable: {exc}") from exc
+        return self.hub.channels_of(key.api_key) if counts is None else counts
 
     async def roster(self, api_key: str, secret: str, channel_id: str) -> list[Any]:
         key = self.keys.check_secret(api_key, secret)

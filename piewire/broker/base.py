@@ -35,6 +35,8 @@ class NodeHooks:
     local_members: LocalMembers
     on_resync: OnResync
     is_local: Callable[[str], bool]
+    local_counts: Callable[[], dict[str, int]]
+    """Open connections of each channel key on this node."""
     """Whether the node has members in a channel (asked before unsubscribing)."""
 
 
@@ -68,5 +70,11 @@ class Broker(Protocol):
 
     async def presence_snapshot(self, key: str) -> tuple[int, list[PresenceMember]]:
         """The roster of ``key`` and the version of its last change."""
+
+    async def connection_counts(self, api_key: str) -> dict[str, int] | None:
+        """Connections of each channel of ``api_key`` across every node.
+
+        None when this node's own counts are the whole service's.
+        """
 
     async def close(self) -> None: ...

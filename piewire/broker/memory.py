@@ -76,6 +76,9 @@ class MemoryBroker:
             return 0, []
         return roster.version, list(roster.members.values())
 
+    async def connection_counts(self, api_key: str) -> dict[str, int] | None:
+        return None
+
     async def close(self) -> None:
         self._deliver = _no_delivery
         self._on_presence = _no_presence

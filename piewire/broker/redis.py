@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 from collections.abc import Coroutine
 from typing import Any
 
@@ -42,6 +43,10 @@ SUBSCRIBE_TIMEOUT = 5.0
 # Reconnect backoff: doubles from the first value up to the cap, with jitter.
 BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 5.0
+# Seconds between writes of this node's connection counts; they expire after
+# three missed writes, so a dead node's connections stop counting.
+COUNTS_INTERVAL = 1.0
+
 # Seconds of silence on the subscriber connection before it is probed, and
 # after which it is given up as dead.
 PROBE_AFTER = 1.0
@@ -152,6 +157,7 @@ class RedisBroker:
         # Short-lived work (unsubscribes, restores), each dropped once done.
         self._background: set[asyncio.Task[None]] = set()
         self._control = f"{prefix}:control"
+        self._counts_key = f"{prefix}:counts:{secrets.token_hex(6)}"
 
     # -- names -----------------------------------------------------------
 
@@ -178,6 +184,7 @@ class RedisBroker:
         connected = asyncio.get_running_loop().create_future()
         self._tasks.append(asyncio.create_task(self._listen(connected)))
         self._tasks.append(asyncio.create_task(self._heartbeat()))
+        self._tasks.append(asyncio.create_task(self._write_counts()))
         # Start serving even when Redis is down: /ready says so, and the
         # connection loop keeps trying.
         with contextlib.suppress(TimeoutError):
@@ -409,6 +416,47 @@ class RedisBroker:
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(f"redis presence failed: {exc}") from exc
         return int(version), [PresenceMember.from_record(r) for r in records]
+
+    # -- connection counts -----------------------------------------------
+
+    async def _write_counts(self) -> None:
+        """Keep ``{prefix}:counts:{node}`` equal to this node's counts."""
+        assert self._hooks is not None
+        written: dict[str, int] = {}
+        while True:
+            await asyncio.sleep(COUNTS_INTERVAL)
+            counts = self._hooks.local_counts()
+            if not self._ready or (not counts and not written):
+                continue
+            try:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    if counts != written:
+                        pipe.delete(self._counts_key)
+                        if counts:
+                            flat = [part for pair in counts.items() for part in pair]
+                            pipe.execute_command("HSET", self._counts_key, *flat)
+                    if counts:
+                        pipe.expire(self._counts_key, int(3 * COUNTS_INTERVAL) + 1)
+                    await pipe.execute()
+                written = counts
+            except (RedisError, OSError) as exc:
+                log.warning("connection counts not written error=%s", exc)
+
+    async def connection_counts(self, api_key: str) -> dict[str, int] | None:
+        prefix = f"{api_key}:"
+        totals: dict[str, int] = {}
+        try:
+            async for name in self._redis.scan_iter(
+                match=f"{self._prefix}:counts:*", count=100
+            ):
+                for raw, value in (await self._redis.hgetall(name)).items():
+                    field = raw.decode() if isinstance(raw, bytes) else raw
+                    if field.startswith(prefix):
+                        channel_id = field[len(prefix) :]
+                        totals[channel_id] = totals.get(channel_id, 0) + int(value)
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"redis read failed: {exc}") from exc
+        return totals
 
     async def _heartbeat(self) -> None:
         """Keep this node's roster entries alive; reap other nodes' dead ones."""

@@ -104,6 +104,10 @@ class Hub:
         for channel in list(self._by_api_key.get(api_key, {}).values()):
             yield from list(channel.members.values())
 
+    def counts(self) -> dict[str, int]:
+        """Local connection count of every channel key."""
+        return {key: len(ch.members) for key, ch in self._channels.items()}
+
     def channels(self) -> list[Channel]:
         return list(self._channels.values())
 

@@ -122,7 +122,7 @@ def _credentials(request: web.Request) -> tuple[str, str]:
 
 
 async def connections(request: web.Request) -> web.StreamResponse:
-    counts = _service(request).channel_counts(*_credentials(request))
+    counts = await _service(request).channel_counts(*_credentials(request))
     channels = [
         {"channel": channel_id, "connections": count}
         for channel_id, count in sorted(counts.items())
@@ -131,7 +131,7 @@ async def connections(request: web.Request) -> web.StreamResponse:
 
 
 async def connections_sum(request: web.Request) -> web.StreamResponse:
-    counts = _service(request).channel_counts(*_credentials(request))
+    counts = await _service(request).channel_counts(*_credentials(request))
     return web.json_response({"connections": sum(counts.values())})
 
 

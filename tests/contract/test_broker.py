@@ -40,6 +40,7 @@ class Node:
             local_members=lambda: [],
             on_resync=resync,
             is_local=lambda key: key in self.local,
+            local_counts=lambda: {key: 1 for key in self.local},
         )
 
 
@@ -196,4 +197,26 @@ async def test_redis_down_means_not_ready(tmp_path: Path) -> None:
             await broker.publish("k:room", 1, b"back", "")
             await settle(lambda: node.messages == [("k:room", 1, b"back", "")])
         finally:
+            await broker.close()
+
+
+async def test_redis_counts_add_up_across_nodes(shared_redis: RedisServer) -> None:
+    prefix = f"contract{secrets.token_hex(3)}"
+    nodes = [Node(local={"k:room", "k:hall"}), Node(local={"k:room", "j:room"})]
+    brokers = [RedisBroker(shared_redis.url, prefix, 4) for _ in nodes]
+    for broker, node in zip(brokers, nodes, strict=True):
+        await broker.start(node.hooks())
+    try:
+        expected = {"room": 2, "hall": 1}
+        deadline = asyncio.get_running_loop().time() + scaled(5)
+        while await brokers[0].connection_counts("k") != expected:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        assert await brokers[1].connection_counts("j") == {"room": 1}
+        nodes[1].local.clear()
+        while await brokers[0].connection_counts("k") != {"room": 1, "hall": 1}:
+            assert asyncio.get_running_loop().time() < deadline + scaled(5)
+            await asyncio.sleep(0.05)
+    finally:
+        for broker in brokers:
             await broker.close()

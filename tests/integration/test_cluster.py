@@ -1049,3 +1049,41 @@ async def test_killed_node_members_leave_and_stay_gone(
     )
     assert first_leave <= scaled(PRESENCE_TTL)
     assert second_leave <= scaled(PRESENCE_TTL)
+
+
+async def test_connection_counts_are_the_clusters(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    with running_cluster(redis_server, tmp_path, 2) as cluster:
+        key = node_key(cluster)
+        first, second = cluster.nodes
+        clients = [
+            await connect(first.ws_url("room", key)),
+            await connect(second.ws_url("room", key)),
+            await connect(second.ws_url("hall", key)),
+        ]
+        headers = credentials(key)
+
+        def counts(node: Server) -> Any:
+            return node.request("GET", "/api/connections", headers=headers)[1]
+
+        expected = {
+            "channels": [
+                {"channel": "hall", "connections": 1},
+                {"channel": "room", "connections": 2},
+            ]
+        }
+        try:
+            deadline = time.monotonic() + scaled(10)
+            while counts(first) != expected or counts(second) != expected:
+                assert time.monotonic() < deadline, counts(first)
+                await asyncio.sleep(0.1)
+            status, body = first.request("GET", "/api/connections/sum", headers=headers)
+            assert (status, body) == (200, {"connections": 3})
+        finally:
+            for client in clients:
+                await client.close()
+        deadline = time.monotonic() + scaled(10)
+        while counts(first) != {"channels": []}:
+            assert time.monotonic() < deadline, counts(first)
+            await asyncio.sleep(0.1)
