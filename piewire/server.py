@@ -14,6 +14,7 @@ from aiohttp import web
 
 from piewire.broker.base import Broker
 from piewire.broker.memory import MemoryBroker
+from piewire.errors import ConfigError
 from piewire.service import Service
 from piewire.settings import Settings, settings_environment
 from piewire.store.keys import ApiKey, KeyStore
@@ -60,8 +61,25 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     if settings.tls_cert is None or settings.tls_key is None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot load --tls-cert {settings.tls_cert} with --tls-key "
+            f"{settings.tls_key}: {exc}"
+        ) from exc
     return context
+
+
+def describe_store(settings: Settings) -> str:
+    """Where keys and messages go, for the start line (no password shown)."""
+    if settings.redis_url:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(settings.redis_url)
+        where = f"{parts.hostname}:{parts.port or 6379}{parts.path}"
+        return f"redis={where} prefix={settings.redis_prefix}"
+    return f"data_dir={settings.data_dir}"
 
 
 def public_host(settings: Settings) -> str:
@@ -106,9 +124,8 @@ def ensure_first_key(settings: Settings, store: KeyStore) -> None:
 async def serve(settings: Settings) -> None:
     """Run a node until SIGTERM or SIGINT, then shut down in order."""
     loop = asyncio.get_running_loop()
+    tls = ssl_context(settings)
     store = open_key_store(settings)
-    if not os.environ.get(WORKER_ENV):
-        ensure_first_key(settings, store)
     service = Service(settings, store, make_broker(settings), loop)
     await service.start()
     app = build_app(service)
@@ -118,18 +135,29 @@ async def serve(settings: Settings) -> None:
         runner,
         settings.host,
         settings.port,
-        ssl_context=ssl_context(settings),
+        ssl_context=tls,
         reuse_port=settings.workers > 1 or bool(os.environ.get(WORKER_ENV)),
         backlog=4096,
     )
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        await service.stop()
+        store.close()
+        raise ConfigError(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+        ) from exc
+    if not os.environ.get(WORKER_ENV):
+        ensure_first_key(settings, store)
+        service.keys.refresh()
     log.info(
-        "listening address=%s://%s:%d cluster=%s data_dir=%s pid=%d",
+        "listening address=%s://%s:%d cluster=%s %s pid=%d",
         "https" if settings.tls else "http",
         settings.host,
         settings.port,
         settings.cluster_id,
-        settings.data_dir,
+        describe_store(settings),
         os.getpid(),
     )
     stop = asyncio.Event()

@@ -217,10 +217,14 @@ class Service:
             conn.presence = True
             try:
                 await self.rosters.join(channel, conn)
-            except (ConnectRefused, BrokerUnavailable):
+            except ConnectRefused:
                 conn.presence = False
                 self.detach(conn)
                 raise
+            except BrokerUnavailable as exc:
+                conn.presence = False
+                self.detach(conn)
+                raise ConnectRefused(CloseCode.TRY_AGAIN_LATER, str(exc)) from exc
 
     def detach(self, conn: Connection) -> None:
         if self.connections.pop(conn.conn_id, None) is None:

@@ -101,16 +101,16 @@ class Settings:
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
-            raise ConfigError(f"port must be 1..65535, not {self.port}")
+            raise ConfigError(f"--port must be 1..65535, not {self.port}")
         if self.max_message_size < 1:
-            raise ConfigError("max_message_size must be positive")
+            raise ConfigError("--max-message-size must be positive")
         if self.outbound_buffer < 2 * self.max_message_size:
             raise ConfigError(
-                "outbound_buffer must be at least twice max_message_size "
+                "--outbound-buffer must be at least twice --max-message-size "
                 f"({self.outbound_buffer} < 2 * {self.max_message_size})"
             )
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise ConfigError("tls_cert and tls_key go together")
+            raise ConfigError("--tls-cert and --tls-key go together")
         for name in (
             "ping_interval",
             "ping_timeout",
@@ -121,17 +121,21 @@ class Settings:
         ):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
-                raise ConfigError(f"{name} must be a positive number, not {value}")
+                raise ConfigError(
+                    f"{flag_name(name)} must be a positive number, not {value}"
+                )
         if not math.isfinite(self.shutdown_grace) or self.shutdown_grace < 0:
-            raise ConfigError("shutdown_grace must be 0 or more")
+            raise ConfigError("--shutdown-grace must be 0 or more")
         if self.presence_rate < 1:
-            raise ConfigError("presence_rate must be positive")
+            raise ConfigError("--presence-rate must be positive")
         if self.workers < 1:
-            raise ConfigError("workers must be at least 1")
+            raise ConfigError("--workers must be at least 1")
         if self.workers > 1 and not self.redis_url:
-            raise ConfigError("workers > 1 needs redis_url: processes share Redis")
+            raise ConfigError(
+                "--workers above 1 needs --redis-url: the processes share Redis"
+            )
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-            raise ConfigError(f"unknown log level {self.log_level!r}")
+            raise ConfigError(f"--log-level: unknown level {self.log_level!r}")
 
     @property
     def tls(self) -> bool:
@@ -164,7 +168,10 @@ def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
         if "Path" in kind:
             return Path(raw)
     except ValueError as exc:
-        raise ConfigError(f"{f.name}: {raw!r} is not a {kind}") from exc
+        raise ConfigError(
+            f"{flag_name(f.name)} (or {env_name(f.name)}): "
+            f"{raw!r} is not a valid {kind}"
+        ) from exc
     return raw
 
 

@@ -173,7 +173,15 @@ class Connection:
         self.close(CloseCode.TOKEN_EXPIRED, error="token expired")
 
     def refuse(self, refusal: ConnectRefused) -> None:
-        self.close(refusal.code, error=refusal.reason)
+        """Close a refused connection: an error frame only when it is final.
+
+        "Come back later" codes carry no error frame, since any error frame
+        stops the SDKs from reconnecting; their reason rides in the close frame.
+        """
+        if CloseCode(refusal.code).final:
+            self.close(refusal.code, error=refusal.reason)
+        else:
+            self.close(refusal.code, refusal.reason)
 
     def ping(self) -> None:
         self.ping_sent = True
@@ -246,13 +254,14 @@ class Connection:
         so no close frame can come back: the stream ends once the queue is
         written, or when ``CLOSE_TIMEOUT`` runs out.
         """
-        log.info(
-            "protocol error conn=%s code=%d error=%s",
-            self.conn_id,
-            error.code,
-            str(error)[:200],
-        )
         reason = _FAILURE_REASONS.get(error.code, "protocol error")
+        detail = str(error)[:200]
+        if error.code == CloseCode.MESSAGE_TOO_BIG:
+            # aiohttp's own text names its internal limit, one above ours.
+            detail = f"over max_message_size {self.service.settings.max_message_size}"
+        log.info(
+            "protocol error conn=%s code=%d error=%s", self.conn_id, error.code, detail
+        )
         self.close(error.code, reason)
         self.transport.close()
 
@@ -340,6 +349,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             )
             conn.refuse(refusal)
             await conn.run()
+            log.info("connection closed conn=%s code=%d", conn.conn_id, refusal.code)
             return ws
         try:
             await conn.run()

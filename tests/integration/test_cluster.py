@@ -870,7 +870,7 @@ async def test_churn_loses_no_message(
 ) -> None:
     with running_cluster(redis_server, tmp_path, 2) as cluster:
         key = node_key(cluster)
-        node1, node2 = cluster.nodes
+        node1 = cluster.nodes[0]
         per_rest_caller = CHURN_MESSAGES // 2 // CHURN_REST_CALLERS
         from_client = CHURN_MESSAGES // 2
         async with http_client() as http:
@@ -1087,3 +1087,41 @@ async def test_connection_counts_are_the_clusters(
         while counts(first) != {"channels": []}:
             assert time.monotonic() < deadline, counts(first)
             await asyncio.sleep(0.1)
+
+
+async def first_frame_and_close(url: str) -> tuple[list[str | bytes], int | None]:
+    frames: list[str | bytes] = []
+    async with connect(url) as ws:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                frames.append(await asyncio.wait_for(ws.recv(), scaled(5)))
+    assert ws.close_code is not None
+    return frames, ws.close_code
+
+
+async def test_joins_that_need_redis_come_back_later(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    with running_cluster(redis_server, tmp_path, 1) as cluster:
+        key = node_key(cluster)
+        (node,) = cluster.nodes
+        async with connect(node.ws_url("busy", key, "presence=1")) as member:
+            await asyncio.wait_for(member.recv(), scaled(5))
+            redis_server.stop()
+            async with http_client() as http:
+                deadline = now() + scaled(10)
+                while await http.ready(node) != 503:
+                    assert now() < deadline
+                    await asyncio.sleep(0.05)
+            for url in (
+                node.ws_url("busy", key, "presence=1"),
+                node.ws_url("fresh-channel", key),
+            ):
+                # No error frame: the SDKs must keep reconnecting.
+                frames, code = await first_frame_and_close(url)
+                assert (frames, code) == ([], 4101)
+            # A plain member of a channel this node already serves is kept.
+            async with connect(node.ws_url("busy", key)) as plain:
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(plain.recv(), scaled(0.3))
+        assert "Traceback" not in node.log()

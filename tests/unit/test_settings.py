@@ -78,7 +78,9 @@ def test_an_empty_value_means_the_default() -> None:
 def test_unconvertible_values_are_config_errors(name: str, raw: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings({name: raw}, {})
-    assert name in str(caught.value)
+    # The message names the flag and the variable a user can actually set.
+    assert "--" + name.replace("_", "-") in str(caught.value)
+    assert "PIEWIRE_" + name.upper() in str(caught.value)
 
 
 @pytest.mark.parametrize(
