@@ -122,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("channel", help="the full channel id, prefix included")
     token.add_argument("--key", required=True, help="the API key whose secret signs")
     token.add_argument("--user", default=None, help="the member identity (user claim)")
-    token.add_argument("--ttl", type=int, default=3600, help="seconds until expiry")
+    token.add_argument(
+        "--ttl", type=int, default=3600, help="seconds until expiry (default 3600)"
+    )
     return parser
 
 
@@ -177,9 +179,17 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
+    from piewire.core.channels import channel_id_error
     from piewire.core.tokens import mint_token
     from piewire.server import open_key_store
 
+    error = channel_id_error(args.channel)
+    if error is not None:
+        print(f"piewire: {error}", file=sys.stderr)
+        return 2
+    if args.ttl <= 0:
+        print("piewire: --ttl must be a positive number of seconds", file=sys.stderr)
+        return 2
     settings = _settings(args, STORE_SETTINGS)
     store = open_key_store(settings)
     try:

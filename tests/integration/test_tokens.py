@@ -7,6 +7,8 @@ import base64
 import hashlib
 import hmac
 import json
+import subprocess
+import sys
 import time
 import warnings
 from typing import Any
@@ -199,3 +201,31 @@ def test_token_command_mints_a_working_token(server: Server, key: Key) -> None:
 
     roster = asyncio.run(join())
     assert roster["data"]["members"][0]["user"] == "cli-user"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["bad id!"], "invalid channel id"), (["room", "--ttl", "-5"], "--ttl")],
+)
+def test_token_command_refuses_bad_input(
+    server: Server, key: Key, args: list[str], message: str
+) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "piewire",
+            "token",
+            *args,
+            "--key",
+            key.api_key,
+            "--data-dir",
+            str(server.data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=scaled(30),
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert result.stdout == ""
