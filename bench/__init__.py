@@ -1,0 +1,1 @@
+"""piewire's benchmark: piewire and naive baselines under the same load."""
