@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from piewire.broker.base import Broker, NodeHooks
@@ -35,6 +36,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("piewire.server")
 
 BAD_CREDENTIALS = "invalid key or secret"
+
+
+def _report_failure(conn: Connection, sent: asyncio.Future[None]) -> None:
+    if sent.cancelled():
+        return
+    exc = sent.exception()
+    if exc is not None:
+        conn.send_text(system_error_text(f"message not sent: {exc}"))
 
 
 class KeyCache:
@@ -258,9 +267,14 @@ class Service:
             conn.send_text(system_error_text(refusal))
             return
         try:
-            await self.broker.publish(conn.channel_key, opcode, data, conn.conn_id)
+            sent = self.broker.publish(conn.channel_key, opcode, data, conn.conn_id)
         except BrokerUnavailable as exc:
             conn.send_text(system_error_text(f"message not sent: {exc}"))
+            return
+        # Not awaited: the next frame of this client is read at once, and a
+        # failure reaches the sender when it is known.
+        if not sent.done():
+            sent.add_done_callback(partial(_report_failure, conn))
 
     # -- fan-out ---------------------------------------------------------
 

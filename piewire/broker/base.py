@@ -8,6 +8,7 @@ it, so a node that missed one can tell and reload the roster.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -47,10 +48,16 @@ class Broker(Protocol):
 
     async def start(self, hooks: NodeHooks) -> None: ...
 
-    async def publish(self, key: str, opcode: int, payload: bytes, sender: str) -> None:
+    def publish(
+        self, key: str, opcode: int, payload: bytes, sender: str
+    ) -> asyncio.Future[None]:
         """Send to every member of ``key`` on every node, in call order.
 
-        Raises ``BrokerUnavailable`` when that cannot be promised.
+        The call only queues the message, so a caller can publish many in one
+        loop turn and they travel together.  The future completes once the
+        message is on its way to every node, or fails with
+        ``BrokerUnavailable``; the call itself raises it when the broker is
+        known to be down.
         """
 
     async def subscribe(self, key: str) -> None:

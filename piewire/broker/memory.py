@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from piewire.broker.base import Deliver, NodeHooks, OnPresence
 from piewire.closecodes import CloseCode
 from piewire.core.presence import JOIN, LEAVE, PresenceMember
@@ -38,8 +40,13 @@ class MemoryBroker:
         self._deliver = hooks.deliver
         self._on_presence = hooks.on_presence
 
-    async def publish(self, key: str, opcode: int, payload: bytes, sender: str) -> None:
+    def publish(
+        self, key: str, opcode: int, payload: bytes, sender: str
+    ) -> asyncio.Future[None]:
         self._deliver(key, opcode, payload, sender)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
     async def subscribe(self, key: str) -> None:
         return None

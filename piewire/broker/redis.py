@@ -157,6 +157,9 @@ class RedisBroker:
         # Short-lived work (unsubscribes, restores), each dropped once done.
         self._background: set[asyncio.Task[None]] = set()
         self._control = f"{prefix}:control"
+        self._outgoing: list[tuple[str, bytes]] = []
+        self._batch: asyncio.Future[None] | None = None
+        self._sender: asyncio.Task[None] | None = None
         self._counts_key = f"{prefix}:counts:{secrets.token_hex(6)}"
 
     # -- names -----------------------------------------------------------
@@ -191,7 +194,11 @@ class RedisBroker:
             await asyncio.wait_for(asyncio.shield(connected), SUBSCRIBE_TIMEOUT)
 
     async def close(self) -> None:
+        if self._batch is not None and not self._batch.done():
+            self._batch.cancel()
         tasks = [*self._tasks, *self._background]
+        if self._sender is not None:
+            tasks.append(self._sender)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -318,15 +325,49 @@ class RedisBroker:
 
     # -- publishing and subscribing --------------------------------------
 
-    async def publish(self, key: str, opcode: int, payload: bytes, sender: str) -> None:
+    def publish(
+        self, key: str, opcode: int, payload: bytes, sender: str
+    ) -> asyncio.Future[None]:
+        """Queue a PUBLISH; everything queued in one loop turn goes in one write.
+
+        One batch is in flight at a time, so Redis sees the messages in call
+        order.  Sending them together also lets every node receive them
+        together, and so write them to each socket together.
+        """
         if not self._ready:
             raise BrokerUnavailable("redis unreachable")
         who = sender.encode()
         envelope = b"m" + bytes((opcode, len(who))) + who + payload
+        self._outgoing.append((self._channel(key), envelope))
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = asyncio.get_running_loop().create_future()
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send_batches())
+        return batch
+
+    async def _send_batches(self) -> None:
         try:
-            await self._redis.publish(self._channel(key), envelope)
-        except (RedisError, OSError) as exc:
-            raise BrokerUnavailable(f"redis publish failed: {exc}") from exc
+            while self._outgoing:
+                items, self._outgoing = self._outgoing, []
+                batch, self._batch = self._batch, None
+                assert batch is not None
+                try:
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        for name, envelope in items:
+                            pipe.publish(name, envelope)
+                        await pipe.execute()
+                except (RedisError, OSError) as exc:
+                    failure = BrokerUnavailable(f"redis publish failed: {exc}")
+                    if not batch.done():
+                        batch.set_exception(failure)
+                        # Callers that do not wait (clients) are told otherwise.
+                        batch.exception()
+                else:
+                    if not batch.done():
+                        batch.set_result(None)
+        finally:
+            self._sender = None
 
     async def subscribe(self, key: str) -> None:
         timer = self._dropping.pop(key, None)
