@@ -104,6 +104,8 @@ class Service:
         self.per_key: dict[str, int] = {}
         self.rosters = Rosters(settings, self.hub, broker, self.connections, loop)
         self.shutting_down = False
+        # Checked on every frame, so looked up once: DEBUG logs each frame.
+        self.debug = logging.getLogger("piewire").isEnabledFor(logging.DEBUG)
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle -------------------------------------------------------

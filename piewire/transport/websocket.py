@@ -157,7 +157,7 @@ class Connection:
         self.outbox.flush()
         self.outbox.seal()
         self._closer = self.service.loop.call_later(CLOSE_TIMEOUT, self.transport.abort)
-        log.info(
+        log.debug(
             "connection closing conn=%s channel=%s code=%s",
             self.conn_id,
             self.params.channel_id if self.params else "-",
@@ -244,6 +244,14 @@ class Connection:
             except UnicodeDecodeError:
                 self.close(CloseCode.INVALID_DATA, "invalid UTF-8 text")
                 return
+        if self.service.debug:
+            log.debug(
+                "frame in conn=%s text=%s bytes=%d head=%r",
+                self.conn_id,
+                is_text,
+                len(data),
+                data[:32],
+            )
         await self.service.client_message(self, OP_TEXT if is_text else OP_BINARY, data)
 
     def _fail(self, error: WebSocketError) -> None:
@@ -349,7 +357,6 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             )
             conn.refuse(refusal)
             await conn.run()
-            log.info("connection closed conn=%s code=%d", conn.conn_id, refusal.code)
             return ws
         try:
             await conn.run()
