@@ -19,8 +19,8 @@ from piewire.service import Service
 from piewire.settings import Settings, settings_environment
 from piewire.store.keys import ApiKey, KeyStore
 from piewire.store.sqlite import SqliteKeyStore
+from piewire.transport.frontdoor import FrontDoor
 from piewire.transport.http import SERVICE, add_routes, json_errors
-from piewire.transport.websocket import websocket_handler
 
 log = logging.getLogger("piewire.server")
 
@@ -51,9 +51,6 @@ def build_app(service: Service) -> web.Application:
     app = web.Application(middlewares=[json_errors])
     app[SERVICE] = service
     add_routes(app)
-    # Any character, newlines included: every /v3/ path gets a WebSocket answer,
-    # so a bad channel id is refused with an error frame, not a 404.
-    app.router.add_get(r"/v3/{tail:[\s\S]*}", websocket_handler)
     return app
 
 
@@ -131,16 +128,17 @@ async def serve(settings: Settings) -> None:
     app = build_app(service)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
-    site = web.TCPSite(
-        runner,
-        settings.host,
-        settings.port,
-        ssl_context=tls,
-        reuse_port=settings.workers > 1 or bool(os.environ.get(WORKER_ENV)),
-        backlog=4096,
-    )
+    http = runner.server
+    assert http is not None
     try:
-        await site.start()
+        listener = await loop.create_server(
+            lambda: FrontDoor(service, http),
+            settings.host,
+            settings.port,
+            ssl=tls,
+            reuse_port=settings.workers > 1 or bool(os.environ.get(WORKER_ENV)),
+            backlog=4096,
+        )
     except OSError as exc:
         await runner.cleanup()
         await service.stop()
@@ -176,7 +174,7 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
 
     log.info("shutdown phase=stop-accepting")
-    await site.stop()
+    listener.close()
     log.info("shutdown phase=close-connections")
     await service.shutdown()
     log.info("shutdown phase=cleanup")

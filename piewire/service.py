@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -107,6 +107,7 @@ class Service:
         # Checked on every frame, so looked up once: DEBUG logs each frame.
         self.debug = logging.getLogger("piewire").isEnabledFor(logging.DEBUG)
         self._tasks: list[asyncio.Task[None]] = []
+        self._starting: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------
 
@@ -179,18 +180,33 @@ class Service:
             await asyncio.sleep(0.05)
         for conn in list(self.connections.values()):
             conn.abort()
+        for task in list(self._starting):
+            task.cancel()
 
     # -- connections -----------------------------------------------------
 
-    def admit(self, params: ConnectParams, headers: Mapping[str, str]) -> Admission:
+    def admit(
+        self, params: ConnectParams, origin: str | None, header_jwt: str | None
+    ) -> Admission:
         """What a connect request is admitted as, or ``ConnectRefused``."""
         return admit(
             params,
             self.keys.get(params.api_key),
-            headers.get("Origin"),
-            headers.get("jwt"),
+            origin,
+            header_jwt,
             self.per_key.get(params.api_key, 0),
         )
+
+    def starting(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run a connection's start (joining its channel) as a tracked task."""
+        task = self.loop.create_task(work)
+        self._starting.add(task)
+        task.add_done_callback(self._started)
+
+    def _started(self, task: asyncio.Task[None]) -> None:
+        self._starting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("connection start failed", exc_info=task.exception())
 
     async def attach(
         self, conn: Connection, params: ConnectParams, admission: Admission
@@ -257,7 +273,7 @@ class Service:
             conn.close_code if conn.close_code is not None else "none",
         )
 
-    async def client_message(self, conn: Connection, opcode: int, data: bytes) -> None:
+    def client_message(self, conn: Connection, opcode: int, data: bytes) -> None:
         """A member sent ``data``: relay it, or tell the sender why not."""
         key = self.keys.get(conn.api_key)
         if key is None or not key.client_publish:

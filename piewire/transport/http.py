@@ -142,6 +142,17 @@ async def channel_members(request: web.Request) -> web.StreamResponse:
     return web.json_response({"members": members})
 
 
+async def websocket_elsewhere(request: web.Request) -> web.StreamResponse:
+    """A ``/v3/`` request that reached the HTTP server instead of the upgrade.
+
+    Upgrades are answered before HTTP parsing, on a connection's first
+    request; one that comes later on a kept-alive connection is refused.
+    """
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        raise ApiError(400, "open a new connection for the WebSocket upgrade")
+    raise ApiError(426, "expected a WebSocket upgrade request")
+
+
 async def health(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "ok"})
 
@@ -159,5 +170,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/connections", connections)
     app.router.add_get("/api/connections/sum", connections_sum)
     app.router.add_get("/api/channels/{channel_id}/members", channel_members)
+    app.router.add_get(r"/v3/{tail:[\s\S]*}", websocket_elsewhere)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)

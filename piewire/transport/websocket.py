@@ -1,5 +1,9 @@
-"""The WebSocket layer: aiohttp does the handshake and parses client frames;
-everything the server sends goes out through the connection's outbox.
+"""The WebSocket layer: one asyncio protocol per client after the upgrade.
+
+aiohttp's frame parser (its C reader, fed straight from ``data_received``)
+checks framing, UTF-8 sizes and control frames; every frame the server sends
+goes out through the connection's outbox.  No task and no request object
+live as long as the connection: only this protocol, its outbox and its parser.
 
 This module moves bytes and calls the service.  What a connection may do, and
 where its messages go, is decided in the core.
@@ -13,11 +17,12 @@ import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
+from aiohttp import WebSocketError, WSMsgType
+from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 
 from piewire.closecodes import CloseCode, peer_close_code_is_valid
 from piewire.core.admission import Admission
-from piewire.core.connect import ConnectParams, parse_connect
+from piewire.core.connect import ConnectParams
 from piewire.core.messages import error_text
 from piewire.core.presence import PresenceMember
 from piewire.errors import ConnectRefused
@@ -30,7 +35,6 @@ from piewire.transport.frames import (
     encode_frame,
     text_frame,
 )
-from piewire.transport.http import SERVICE
 from piewire.transport.outbox import Outbox
 
 if TYPE_CHECKING:
@@ -52,63 +56,44 @@ _FAILURE_REASONS: dict[int, str] = {
     CloseCode.MESSAGE_TOO_BIG: "message too big",
 }
 
+_TEXT = WSMsgType.TEXT
+_BINARY = WSMsgType.BINARY
+_PING = WSMsgType.PING
+_CLOSE = WSMsgType.CLOSE
 
-class ServerWebSocket(web.WebSocketResponse):
-    """aiohttp's WebSocket response, without the close frames it writes itself.
 
-    aiohttp writes a close frame straight to the transport when its parser
-    finds a protocol violation and when the handler returns.  That frame would
-    skip the outbox: frames still waiting there would follow it on the wire, a
-    connection already closed by piewire would get a second close frame, and
-    aiohttp would wait, with no bound, for a peer that reads nothing.  Every
-    close frame of piewire goes through the outbox instead, so ``close`` here
-    only marks the socket closed; ``Connection`` does the rest.
+class _Inbox(WebSocketDataQueue):
+    """Where aiohttp's parser puts each client message: straight to the connection.
+
+    Nothing is queued, so no task has to wake up for a message and no buffer
+    grows: the parser's flow control never engages.
     """
 
-    async def close(
-        self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
-    ) -> bool:
-        if self.closed:
-            return False
-        self._set_closed()
-        return True
+    def __init__(self, conn: Connection, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(conn, 2**16, loop=loop)  # type: ignore[arg-type]
+        self._conn = conn
+
+    def feed_data(self, data: Any, size: int) -> None:
+        self._conn.on_message(data)
+
+    def set_exception(self, exc: BaseException, exc_cause: Any = None) -> None:
+        self._conn.on_parse_error(exc)
+
+    def feed_eof(self) -> None:
+        return None
 
 
-class Connection:
+class Connection(asyncio.Protocol):
     """One client WebSocket: its identity, its outbox, its liveness."""
-
-    __slots__ = (
-        "_closer",
-        "_expiry",
-        "api_key",
-        "channel_key",
-        "close_code",
-        "closing",
-        "conn_id",
-        "expires_at",
-        "last_seen",
-        "notify_self",
-        "outbox",
-        "params",
-        "ping_sent",
-        "presence",
-        "service",
-        "transport",
-        "user",
-        "uuid",
-        "ws",
-    )
 
     def __init__(
         self,
         service: Service,
-        ws: web.WebSocketResponse,
-        transport: asyncio.WriteTransport,
+        transport: asyncio.Transport,
         params: ConnectParams | None,
     ) -> None:
         self.conn_id = f"{NODE_ID}-{next(_serial)}"
         self.service = service
-        self.ws = ws
         self.transport = transport
         self.params = params
         self.notify_self = params.notify_self if params else False
@@ -116,7 +101,6 @@ class Connection:
         self.user: Any = "anonymous"
         self.api_key = ""
         self.channel_key = ""
-        self.expires_at: float | None = None
         self.outbox = Outbox(
             transport,
             service.flusher,
@@ -124,12 +108,86 @@ class Connection:
             self._slow_consumer,
         )
         self.presence = False
+        self.attached = False
         self.closing = False
         self.close_code: int | None = None
         self.last_seen = service.loop.time()
         self.ping_sent = False
         self._closer: asyncio.TimerHandle | None = None
         self._expiry: asyncio.TimerHandle | None = None
+        # aiohttp refuses a message of exactly max_msg_size bytes, hence + 1.
+        self._reader: WebSocketReader | None = WebSocketReader(
+            _Inbox(self, service.loop),
+            service.settings.max_message_size + 1,
+            False,
+            False,
+        )
+
+    # -- asyncio -----------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        if reader is not None:
+            self.last_seen = self.service.loop.time()
+            self.ping_sent = False
+            reader.feed_data(data)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._reader = None
+        self.closing = True
+        self.outbox.seal()
+        for timer in (self._closer, self._expiry):
+            if timer is not None:
+                timer.cancel()
+        if self.attached:
+            self.attached = False
+            self.service.detach(self)
+
+    def pause_writing(self) -> None:
+        # The outbox bounds what is queued in bytes; nothing waits on drain.
+        return None
+
+    def resume_writing(self) -> None:
+        return None
+
+    # -- joining -----------------------------------------------------------
+
+    async def start(
+        self,
+        params: ConnectParams | None,
+        admission: Admission | None,
+        refusal: ConnectRefused | None,
+        early: bytes,
+    ) -> None:
+        """Join the channel (reading paused meanwhile), then read ``early`` bytes."""
+        if refusal is None:
+            assert params is not None and admission is not None
+            try:
+                await self.service.attach(self, params, admission)
+                self.attached = True
+            except ConnectRefused as exc:
+                refusal = exc
+        if self.transport.is_closing():
+            if self.attached:
+                self.attached = False
+                self.service.detach(self)
+            return
+        if refusal is not None:
+            log.info(
+                "connection refused conn=%s code=%d reason=%s",
+                self.conn_id,
+                refusal.code,
+                refusal.reason,
+            )
+            self.refuse(refusal)
+        self.transport.resume_reading()
+        if early:
+            self.data_received(early)
+
+    # -- sending -----------------------------------------------------------
 
     def send(self, frame: bytes) -> None:
         self.outbox.push(frame)
@@ -199,6 +257,7 @@ class Connection:
         if self.closing:
             return
         self.closing = True
+        self.close_code = CloseCode.SLOW_CONSUMER
         self.transport.write(close_frame(CloseCode.SLOW_CONSUMER, "slow consumer"))
         self._closer = self.service.loop.call_later(CLOSE_TIMEOUT, self.transport.abort)
         log.warning(
@@ -207,42 +266,29 @@ class Connection:
             self.params.channel_id if self.params else "-",
         )
 
-    async def run(self) -> None:
-        """Read client frames until the connection ends."""
-        ws = self.ws
-        service = self.service
-        loop = service.loop
-        while True:
-            msg = await ws.receive()
-            self.last_seen = loop.time()
-            self.ping_sent = False
-            kind = msg.type
-            if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
-                if self.closing:
-                    continue
-                await self._message(kind is WSMsgType.TEXT, msg.data)
-            elif kind is WSMsgType.PING:
-                self.outbox.push(encode_frame(OP_PONG, msg.data))
-            elif kind is WSMsgType.CLOSE:
-                self._peer_closed(msg.data, msg.extra)
-                return
-            elif kind is WSMsgType.PONG:
-                continue
-            elif kind is WSMsgType.ERROR and isinstance(msg.data, WebSocketError):
-                self._fail(msg.data)
-                return
-            else:
-                # CLOSED or ERROR: the socket is gone.
-                self.closing = True
-                self.outbox.seal()
-                return
+    # -- receiving ---------------------------------------------------------
 
-    async def _message(self, is_text: bool, data: bytes) -> None:
+    def on_message(self, msg: Any) -> None:
+        if self._reader is None:
+            # A close or an error earlier in the same read: the rest is ignored.
+            return
+        kind = msg.type
+        if kind is _TEXT or kind is _BINARY:
+            if not self.closing:
+                self._message(kind is _TEXT, msg.data)
+        elif kind is _PING:
+            self.outbox.push(encode_frame(OP_PONG, bytes(msg.data)))
+        elif kind is _CLOSE:
+            self._peer_closed(msg.data, msg.extra)
+
+    def _message(self, is_text: bool, data: bytes) -> None:
         if is_text:
             try:
                 data.decode("utf-8")
             except UnicodeDecodeError:
+                self._stop_reading()
                 self.close(CloseCode.INVALID_DATA, "invalid UTF-8 text")
+                self.transport.close()
                 return
         if self.service.debug:
             log.debug(
@@ -252,9 +298,9 @@ class Connection:
                 len(data),
                 data[:32],
             )
-        await self.service.client_message(self, OP_TEXT if is_text else OP_BINARY, data)
+        self.service.client_message(self, OP_TEXT if is_text else OP_BINARY, data)
 
-    def _fail(self, error: WebSocketError) -> None:
+    def on_parse_error(self, error: BaseException) -> None:
         """The parser found a protocol violation (RFC 6455 7.1.7).
 
         The close frame goes out behind what is already queued, unless this
@@ -262,18 +308,22 @@ class Connection:
         so no close frame can come back: the stream ends once the queue is
         written, or when ``CLOSE_TIMEOUT`` runs out.
         """
-        reason = _FAILURE_REASONS.get(error.code, "protocol error")
+        self._stop_reading()
+        code = error.code if isinstance(error, WebSocketError) else 1002
+        reason = _FAILURE_REASONS.get(code, "protocol error")
         detail = str(error)[:200]
-        if error.code == CloseCode.MESSAGE_TOO_BIG:
+        if code == CloseCode.MESSAGE_TOO_BIG:
             # aiohttp's own text names its internal limit, one above ours.
             detail = f"over max_message_size {self.service.settings.max_message_size}"
-        log.info(
-            "protocol error conn=%s code=%d error=%s", self.conn_id, error.code, detail
-        )
-        self.close(error.code, reason)
+        log.info("protocol error conn=%s code=%d error=%s", self.conn_id, code, detail)
+        self.close(code, reason)
         self.transport.close()
 
+    def _stop_reading(self) -> None:
+        self._reader = None
+
     def _peer_closed(self, code: int, reason: str | None) -> None:
+        self._stop_reading()
         if self.closing:
             self.transport.close()
             return
@@ -284,84 +334,3 @@ class Connection:
         else:
             self.close(code, reason or "")
         self.transport.close()
-
-    def finished(self) -> None:
-        """The handler is done: end the stream, within ``CLOSE_TIMEOUT``.
-
-        A peer that stopped reading keeps the transport from finishing its
-        close; the abort timer, started when the closing began or here, drops
-        the socket instead of holding it and its buffer forever.
-        """
-        if self._expiry is not None:
-            self._expiry.cancel()
-        self.closing = True
-        self.outbox.seal()
-        if not self.transport.is_closing():
-            self.transport.close()
-        if self.transport.get_write_buffer_size() == 0:
-            if self._closer is not None:
-                self._closer.cancel()
-        elif self._closer is None:
-            loop = self.service.loop
-            self._closer = loop.call_later(CLOSE_TIMEOUT, self.transport.abort)
-
-
-async def websocket_handler(request: web.Request) -> web.StreamResponse:
-    service = request.app[SERVICE]
-    settings = service.settings
-    ws = ServerWebSocket(
-        autoclose=False,
-        autoping=False,
-        compress=False,
-        # aiohttp refuses a message of exactly max_msg_size bytes.
-        max_msg_size=settings.max_message_size + 1,
-        decode_text=False,
-        timeout=CLOSE_TIMEOUT,
-    )
-    if not ws.can_prepare(request).ok:
-        return web.json_response(
-            {"error": "expected a WebSocket upgrade request"}, status=426
-        )
-    params: ConnectParams | None = None
-    admission: Admission | None = None
-    refusal: ConnectRefused | None = None
-    try:
-        params = parse_connect(request.raw_path)
-        admission = service.admit(params, request.headers)
-    except ConnectRefused as exc:
-        refusal = exc
-    if service.shutting_down:
-        return web.json_response({"error": "server is shutting down"}, status=503)
-    try:
-        await ws.prepare(request)
-    except ConnectionError:
-        # The client left during its own handshake: nothing to answer.
-        log.info("connection lost during the handshake")
-        return ws
-    transport = request.transport
-    assert transport is not None
-    conn = Connection(service, ws, transport, params)
-    try:
-        if refusal is None:
-            assert params is not None and admission is not None
-            try:
-                await service.attach(conn, params, admission)
-            except ConnectRefused as exc:
-                refusal = exc
-        if refusal is not None:
-            log.info(
-                "connection refused conn=%s code=%d reason=%s",
-                conn.conn_id,
-                refusal.code,
-                refusal.reason,
-            )
-            conn.refuse(refusal)
-            await conn.run()
-            return ws
-        try:
-            await conn.run()
-        finally:
-            service.detach(conn)
-    finally:
-        conn.finished()
-    return ws
