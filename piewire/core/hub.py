@@ -8,7 +8,6 @@ bytes to every member that should get them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Protocol
 
 from piewire.core.presence import PresenceFeed
@@ -100,20 +99,12 @@ class Hub:
         of_key = self._by_api_key.get(api_key, {})
         return {cid: len(ch.members) for cid, ch in of_key.items()}
 
-    def members_of(self, api_key: str) -> Iterator[Member]:
-        for channel in list(self._by_api_key.get(api_key, {}).values()):
-            yield from list(channel.members.values())
-
     def counts(self) -> dict[str, int]:
         """Local connection count of every channel key."""
         return {key: len(ch.members) for key, ch in self._channels.items()}
 
     def channels(self) -> list[Channel]:
         return list(self._channels.values())
-
-    def all_members(self) -> Iterator[Member]:
-        for channel in list(self._channels.values()):
-            yield from list(channel.members.values())
 
     @property
     def channel_count(self) -> int:

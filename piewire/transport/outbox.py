@@ -98,11 +98,6 @@ class Outbox:
         if self._room < 0:
             self._overflow()
 
-    def push_now(self, frame: bytes) -> None:
-        """Queue ``frame`` and write everything pending at once (errors, closes)."""
-        self.push(frame)
-        self.flush()
-
     def seal(self) -> None:
         """Drop what is pending and accept nothing more."""
         self.closed = True

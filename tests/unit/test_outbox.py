@@ -98,10 +98,11 @@ def test_the_next_turn_writes_again() -> None:
     assert s.transport.writes == [b"1", b"2"]
 
 
-def test_push_now_writes_everything_pending_at_once() -> None:
+def test_flush_writes_everything_pending_at_once() -> None:
     s = Setup()
     s.outbox.push(b"a")
-    s.outbox.push_now(b"b")
+    s.outbox.push(b"b")
+    s.outbox.flush()
     assert s.transport.writes == [b"ab"]
     s.loop.turn()
     assert s.transport.writes == [b"ab"]
@@ -125,7 +126,7 @@ def test_over_the_limit_in_one_turn_is_a_slow_consumer() -> None:
     s.loop.turn()
     assert s.transport.writes == []
     s.outbox.push(b"more")
-    s.outbox.push_now(b"more")
+    s.outbox.flush()
     s.loop.turn()
     assert s.transport.writes == []
     assert s.overflows == 1
