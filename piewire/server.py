@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from piewire.broker.base import Broker
 from piewire.broker.memory import MemoryBroker
@@ -19,7 +20,7 @@ from piewire.service import Service
 from piewire.settings import Settings, settings_environment
 from piewire.store.keys import ApiKey, KeyStore
 from piewire.store.sqlite import SqliteKeyStore
-from piewire.transport.frontdoor import FrontDoor
+from piewire.transport.frontdoor import HEAD_TIMEOUT, FrontDoor
 from piewire.transport.http import SERVICE, add_routes, json_errors
 
 log = logging.getLogger("piewire.server")
@@ -136,6 +137,7 @@ async def serve(settings: Settings) -> None:
             settings.host,
             settings.port,
             ssl=tls,
+            ssl_handshake_timeout=HEAD_TIMEOUT if tls else None,
             reuse_port=settings.workers > 1 or bool(os.environ.get(WORKER_ENV)),
             backlog=4096,
         )
@@ -215,12 +217,32 @@ def run_workers(settings: Settings) -> int:
     return max(codes, key=abs)
 
 
+class ClientFaultFilter(logging.Filter):
+    """aiohttp logs a malformed request at ERROR with a traceback.
+
+    It is the client's fault, not a bug of the server's: one INFO line, so a
+    client cannot flood the log's ERROR level.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BadHttpMessage):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args, record.exc_info = (
+                "bad http request error=%s",
+                (str(exc).splitlines()[0][:200],),
+                None,
+            )
+        return True
+
+
 def run(settings: Settings) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("aiohttp.server").addFilter(ClientFaultFilter())
     if settings.workers > 1:
         return run_workers(settings)
     try:

@@ -104,28 +104,45 @@ class FrontDoor(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._buffer += data
         end = self._buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self._buffer) > MAX_HEAD:
-                self._hand_over()
+        if end < 0 and len(self._buffer) <= MAX_HEAD:
+            return
+        if end < 0 or end + 4 > MAX_HEAD:
+            # Refused here, whatever the path: a head this long is no request
+            # piewire serves, and handing it on would let it outlast the timer.
+            self._reply("431 Request Header Fields Too Large", b"request head too long")
             return
         if not self._buffer.startswith(b"GET /v3/"):
             self._hand_over()
             return
         head = _Head()
         parser = httptools.HttpRequestParser(head)
+        malformed = False
         try:
             parser.feed_data(self._buffer[: end + 4])
         except httptools.HttpParserUpgrade:
             pass
         except httptools.HttpParserError:
+            malformed = True
+        if malformed or not parser.should_upgrade():
             self._hand_over()
             return
-        if not parser.should_upgrade() or b"websocket" not in _tokens(
-            head.headers.get(b"upgrade", b"")
-        ):
+        if b"websocket" not in _tokens(head.headers.get(b"upgrade", b"")):
             self._hand_over()
+            return
+        if parser.get_http_version() != "1.1":
+            self._reply("400 Bad Request", b"a WebSocket upgrade needs HTTP/1.1")
             return
         self._upgrade(head, self._buffer[end + 4 :])
+
+    def _reply(self, status: str, error: bytes, extra: bytes = b"") -> None:
+        """Answer with a JSON error and close the connection."""
+        transport = self._transport
+        assert transport is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        body = b'{"error":"' + error + b'"}'
+        transport.write(_response(status, body, extra))
+        transport.close()
 
     def _hand_over(self) -> None:
         """Give the connection, and what it sent so far, to aiohttp."""

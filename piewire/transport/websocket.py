@@ -15,7 +15,7 @@ import asyncio
 import itertools
 import logging
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import WebSocketError, WSMsgType
 from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
@@ -60,6 +60,34 @@ _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
 _PING = WSMsgType.PING
 _CLOSE = WSMsgType.CLOSE
+
+
+class _Gone:
+    """The transport of a connection that has ended: every call is a no-op."""
+
+    def write(self, data: bytes) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def abort(self) -> None:
+        return None
+
+    def is_closing(self) -> bool:
+        return True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        return None
+
+    def resume_reading(self) -> None:
+        return None
+
+
+GONE = cast(asyncio.Transport, _Gone())
 
 
 class _Inbox(WebSocketDataQueue):
@@ -145,6 +173,9 @@ class Connection(asyncio.Protocol):
         if self.attached:
             self.attached = False
             self.service.detach(self)
+        # A TLS transport and its protocol point at this connection and back:
+        # cutting the link lets them go at once, not at the next full GC pass.
+        self.transport = self.outbox.transport = GONE
 
     def pause_writing(self) -> None:
         # The outbox bounds what is queued in bytes; nothing waits on drain.

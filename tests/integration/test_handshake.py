@@ -100,3 +100,45 @@ def test_a_head_that_never_ends_is_handed_to_http(server: Server) -> None:
     request = b"GET /v3/room HTTP/1.1\r\nX-Filler: " + b"a" * 20_000 + b"\r\n\r\n"
     reply = exchange(server, request)
     assert reply.split()[1].startswith(b"4")
+
+
+@pytest.mark.parametrize("in_pieces", [False, True])
+def test_a_head_over_16_kib_gets_431_however_it_arrives(
+    server: Server, key: Key, in_pieces: bool
+) -> None:
+    request = upgrade(f"/v3/room?api_key={key.api_key}&pad={'p' * 17_000}")
+    with socket.create_connection((HOST, server.port), timeout=scaled(5)) as sock:
+        if in_pieces:
+            for at in range(0, len(request), 2048):
+                sock.sendall(request[at : at + 2048])
+        else:
+            sock.sendall(request)
+        reply = sock.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 431 ")
+
+
+def test_a_slow_endless_head_is_not_kept(server: Server) -> None:
+    # Past 16 KiB without an end of head: refused at once, not handed on.
+    with socket.create_connection((HOST, server.port), timeout=scaled(5)) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 17_000)
+        reply = sock.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 431 ")
+        assert sock.recv(65536) == b""
+
+
+def test_an_http_10_upgrade_is_refused(server: Server, key: Key) -> None:
+    request = upgrade(f"/v3/room?api_key={key.api_key}").replace(
+        b"HTTP/1.1", b"HTTP/1.0", 1
+    )
+    status, body = status_and_body(exchange(server, request))
+    assert status == 400
+    assert "HTTP/1.1" in body["error"]
+
+
+def test_malformed_requests_are_not_logged_as_errors(server: Server) -> None:
+    exchange(server, b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n")
+    exchange(server, b"GET /v3/room HTTP/1.1\r\nHost: x\r\nBad\x00: y\r\n\r\n")
+    log = server.log()
+    assert log.count("bad http request") == 2
+    assert "ERROR" not in log
+    assert "Traceback" not in log
