@@ -13,6 +13,10 @@ import asyncio
 from collections.abc import Callable
 
 
+def _nothing() -> None:
+    return None
+
+
 class Flusher:
     """Writes every outbox that has pending frames, once per loop turn."""
 
@@ -99,11 +103,17 @@ class Outbox:
             self._overflow()
 
     def seal(self) -> None:
-        """Drop what is pending and accept nothing more."""
+        """Drop what is pending and accept nothing more.
+
+        The overflow callback is dropped too: it points back at the connection,
+        and an ended connection should be freed by reference counting alone.
+        """
         self.closed = True
         self._pending = []
         self._size = 0
+        self._on_overflow = _nothing
 
     def _overflow(self) -> None:
+        on_overflow = self._on_overflow
         self.seal()
-        self._on_overflow()
+        on_overflow()
