@@ -24,6 +24,7 @@ from piewire.core.messages import (
 )
 from piewire.core.publish import PublishRequest
 from piewire.errors import ApiError, BrokerUnavailable, ConnectRefused, KeyStoreError
+from piewire.heap import HeapTrimmer
 from piewire.rosters import Rosters
 from piewire.settings import Settings
 from piewire.store.keys import ApiKey, KeyStore
@@ -103,6 +104,7 @@ class Service:
         self.connections: dict[str, Connection] = {}
         self.per_key: dict[str, int] = {}
         self.rosters = Rosters(settings, self.hub, broker, self.connections, loop)
+        self.heap = HeapTrimmer()
         self.shutting_down = False
         # Checked on every frame, so looked up once: DEBUG logs each frame.
         self.debug = logging.getLogger("piewire").isEnabledFor(logging.DEBUG)
@@ -160,6 +162,7 @@ class Service:
         while True:
             await asyncio.sleep(step)
             now = self.loop.time()
+            self.heap.maybe_trim(now)
             for conn in list(self.connections.values()):
                 silent = now - conn.last_seen
                 if silent >= interval + timeout:
@@ -256,6 +259,7 @@ class Service:
     def detach(self, conn: Connection) -> None:
         if self.connections.pop(conn.conn_id, None) is None:
             return
+        self.heap.connection_ended()
         channel = self.hub.get(conn.channel_key)
         if channel is not None and conn.presence:
             self.rosters.leave(channel, conn)
