@@ -170,12 +170,15 @@ class Connection(asyncio.Protocol):
         for timer in (self._closer, self._expiry):
             if timer is not None:
                 timer.cancel()
-        if self.attached:
-            self.attached = False
-            self.service.detach(self)
+        self._leave_channel()
         # A TLS transport and its protocol point at this connection and back:
         # cutting the link lets them go at once, not at the next full GC pass.
         self.transport = self.outbox.transport = GONE
+
+    def _leave_channel(self) -> None:
+        if self.attached:
+            self.attached = False
+            self.service.detach(self)
 
     def pause_writing(self) -> None:
         # The outbox bounds what is queued in bytes; nothing waits on drain.
@@ -202,9 +205,8 @@ class Connection(asyncio.Protocol):
             except ConnectRefused as exc:
                 refusal = exc
         if self.transport.is_closing():
-            if self.attached:
-                self.attached = False
-                self.service.detach(self)
+            # The client left while joining: connection_lost found nothing to leave.
+            self._leave_channel()
             return
         if refusal is not None:
             log.info(

@@ -14,7 +14,6 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -25,10 +24,8 @@ from websockets.sync.client import connect
 from tests.sdk import (
     Tls,
     check_sdk_installed,
-    make_tls,
     node_binary,
     run_node_script,
-    running_tls_server,
 )
 from tests.support import HOST, Key, Server, scaled
 
@@ -105,17 +102,6 @@ def run_scenario(server: Server, key: Key, tls: Tls) -> list[dict[str, Any]]:
         "timeoutMs": round(scaled(5) * 1000),
     }
     return run_node_script(SCRIPT, config, server, tls)
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
-    return make_tls(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture(scope="module")
-def tls_server(tmp_path_factory: pytest.TempPathFactory, tls: Tls) -> Iterator[Server]:
-    with running_tls_server(tmp_path_factory.mktemp("piewire"), tls) as srv:
-        yield srv
 
 
 @pytest.fixture(scope="module")

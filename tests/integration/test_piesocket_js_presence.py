@@ -32,7 +32,7 @@ from urllib.parse import parse_qsl, urlsplit
 import jwt
 import pytest
 
-from tests.sdk import Tls, make_tls, run_node_script, running_tls_server
+from tests.sdk import Tls, run_node_script
 from tests.support import HOST, Key, Server, piewire_cli, scaled
 
 SCRIPT = "sdk_presence.mjs"
@@ -155,17 +155,6 @@ class Scenario:
         found = [r for r in self.of_kind("members", client) if r["step"] == step]
         assert len(found) == 1, (client, step, found)
         return found[0]
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
-    return make_tls(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture(scope="module")
-def tls_server(tmp_path_factory: pytest.TempPathFactory, tls: Tls) -> Iterator[Server]:
-    with running_tls_server(tmp_path_factory.mktemp("piewire"), tls) as srv:
-        yield srv
 
 
 @pytest.fixture(scope="module")
